@@ -1,0 +1,33 @@
+# The two entry points are `make lab` and `make test`; both set the node up first.
+VENV    := .venv
+PY      := $(VENV)/bin/python
+PORT    ?= 8888
+PYTEST_ARGS ?=
+
+.PHONY: setup kernelspec lab test lint unit privileged bench clean-labs
+
+setup:
+	@bash scripts/setup.sh
+
+kernelspec: setup
+	@$(PY) -m workbench kernel install --sys-prefix >/dev/null
+
+lab: kernelspec
+	$(VENV)/bin/jupyter lab --ip=127.0.0.1 --port=$(PORT) --no-browser --allow-root \
+		--ServerApp.root_dir=notebooks --MultiKernelManager.default_kernel_name=ebpf-workbench
+
+lint: setup
+	$(VENV)/bin/ruff check workbench tests bench
+	$(VENV)/bin/mypy
+
+test: kernelspec lint
+	$(VENV)/bin/pytest $(PYTEST_ARGS)
+
+unit: setup
+	$(VENV)/bin/pytest tests/unit $(PYTEST_ARGS)
+
+bench: setup
+	$(PY) -m bench $(if $(QUICK),--quick,)
+
+clean-labs: setup
+	$(PY) -m workbench lab down --all

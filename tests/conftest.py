@@ -1,0 +1,93 @@
+"""Test tiers and the leak check.
+
+- tests/unit: no root needed.
+- tests/privileged: real netns, real eBPF, real packets. They skip without
+  root; with WORKBENCH_REQUIRE_PRIVILEGED=1 (CI) such a skip is a failure.
+- After the session, any `wb-*` netns, pin under /sys/fs/bpf/workbench,
+  workbench cgroup, /etc/netns hosts dir or new TC/XDP attachment in the host
+  netns fails the run.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Callable, Iterator
+
+import pytest
+
+REQUIRE_PRIVILEGED = os.environ.get("WORKBENCH_REQUIRE_PRIVILEGED") == "1"
+_host_attachments_before: list[str] = []
+
+
+def is_root() -> bool:
+    return os.geteuid() == 0
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        path = str(item.fspath)
+        if f"{os.sep}privileged{os.sep}" in path:
+            item.add_marker(pytest.mark.privileged)
+            if not is_root():
+                item.add_marker(pytest.mark.skip(reason="needs root (real netns and eBPF)"))
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    outcome = yield
+    report = outcome.get_result()  # type: ignore[attr-defined]
+    if REQUIRE_PRIVILEGED and report.skipped and item.get_closest_marker("privileged"):
+        report.outcome = "failed"
+        report.longrepr = f"privileged test skipped under WORKBENCH_REQUIRE_PRIVILEGED=1: {report.longrepr}"
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    if is_root():
+        from workbench.inventory import host_netns_attachments
+
+        _host_attachments_before.extend(host_netns_attachments())
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    if not is_root():
+        return
+    from workbench.inventory import host_netns_attachments, take_inventory
+
+    leaks = take_inventory()
+    new_attachments = sorted(set(host_netns_attachments()) - set(_host_attachments_before))
+    if leaks.empty() and not new_attachments:
+        return
+    message = f"workbench state left behind after the tests: {leaks.describe()}"
+    if new_attachments:
+        message += f"; new attachments in the host netns: {', '.join(new_attachments)}"
+    session.config.get_terminal_writer().line("\nLEAK CHECK FAILED: " + message, red=True)  # type: ignore[attr-defined]
+    session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+@pytest.fixture
+def unique_name() -> Callable[[str], str]:
+    """Names that cannot collide between tests or parallel runs: wb-<tag>-<hex>."""
+
+    def make(tag: str = "t") -> str:
+        return f"wb-{tag}-{uuid.uuid4().hex[:6]}"
+
+    return make
+
+
+@pytest.fixture
+def netns_factory(unique_name: Callable[[str], str]) -> Iterator[Callable[[str], str]]:
+    """Creates named netns (loopback up) and removes every one of them after the test."""
+    from workbench import netlink
+
+    created: list[str] = []
+
+    def make(tag: str = "ns") -> str:
+        name = unique_name(tag)
+        netlink.create_netns(name)
+        created.append(name)
+        return name
+
+    yield make
+    for name in created:
+        netlink.remove_netns(name)

@@ -1,0 +1,35 @@
+"""eBPF Workbench: a Cilium-style lab node driven from JupyterLab.
+
+Nothing happens at import time: the lab, datapath and notebook layers are
+imported when first used.
+
+Example::
+
+    import workbench as wb
+    report = wb.status()
+    assert report.ok
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .errors import NotFoundError, PrivilegeError, SetupError, ValidationError, WorkbenchError
+
+__all__ = ["status", "WorkbenchError", "SetupError", "PrivilegeError", "NotFoundError", "ValidationError",
+           "load_ipython_extension"]
+__version__ = "0.1.0"
+
+
+def status() -> Any:
+    """Run the preflight checks and return a Report (HTML table in notebooks)."""
+    from .preflight import run_preflight
+
+    return run_preflight()
+
+
+def load_ipython_extension(ipython: Any) -> None:
+    """`%load_ext workbench`: registers the %ebpf, %%ebpf and %%policy magics."""
+    from .notebook.magics import register_magics
+
+    register_magics(ipython)
