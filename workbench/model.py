@@ -1,0 +1,130 @@
+"""The lab's vocabulary, shared by the lab, policy, datapath and observe layers.
+
+Plain dataclasses, no kernel access. Labels are Cilium label strings
+"source:key=value" (e.g. "k8s:class=deathstar", "reserved:world"), kept as
+sorted tuples so that equal label sets compare and hash equal.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+Direction = Literal["ingress", "egress"]
+
+# Reserved identities (Cilium numbering, DESIGN §4); cluster identities from 256.
+ID_UNKNOWN = 0
+ID_HOST = 1
+ID_WORLD = 2
+ID_HEALTH = 4
+FIRST_CLUSTER_IDENTITY = 256
+RESERVED_IDENTITIES: dict[int, tuple[str, ...]] = {
+    ID_HOST: ("reserved:host",),
+    ID_WORLD: ("reserved:world",),
+    ID_HEALTH: ("reserved:health",),
+}
+
+# The labels Cilium derives from a pod's namespace (k8s source prefix).
+NAMESPACE_LABEL = "io.kubernetes.pod.namespace"
+NAMESPACE_LABELS_PREFIX = "io.cilium.k8s.namespace.labels."
+
+PROTOCOLS = {"TCP": 6, "UDP": 17, "ICMP": 1, "ANY": 0}
+
+
+def label_tuple(labels: dict[str, str], source: str = "k8s") -> tuple[str, ...]:
+    """{"class": "deathstar"} -> ("k8s:class=deathstar",)."""
+    return tuple(sorted(f"{source}:{k}={v}" for k, v in labels.items()))
+
+
+def parse_label(label: str) -> tuple[str, str, str]:
+    """"k8s:class=deathstar" -> ("k8s", "class", "deathstar"); a missing source reads as "any"."""
+    source, sep, rest = label.partition(":")
+    if not sep or "=" in source:
+        source, rest = "any", label
+    key, _, value = rest.partition("=")
+    return source, key, value
+
+
+@dataclass(frozen=True)
+class Identity:
+    """A numeric security identity and the label set it stands for."""
+
+    id: int
+    labels: tuple[str, ...]
+
+
+@dataclass
+class ServicePort:
+    port: int
+    target_port: int
+    protocol: str = "TCP"
+    name: str = ""
+
+
+@dataclass
+class Service:
+    """A ClusterIP service; backends are pod names chosen by the selector."""
+
+    name: str
+    namespace: str
+    cluster_ip: str
+    ports: list[ServicePort]
+    selector: dict[str, str]
+    backends: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class Endpoint:
+    """A pod as the datapath sees it."""
+
+    id: int                      # endpoint id, unique within the lab
+    pod: str
+    namespace: str
+    ipv4: str
+    identity: int
+    labels: tuple[str, ...]      # the identity's labels
+    pod_labels: dict[str, str]   # the manifest's labels, for selectors
+    netns: str                   # wb-<lab>-<pod>
+    lxc: str                     # host-side veth in the node netns
+    ifindex: int = 0             # of lxc, in the node netns
+    cgroup: str = ""             # cgroup v2 path of the pod's processes
+    app: str = "idle"            # built-in app: deathstar | echo | idle
+    ports: list[int] = field(default_factory=list)
+    owner: str = ""              # Deployment name when created by one
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class PolicyEntry:
+    """One policy-map entry, as the compiler emits it and the writer stores it.
+
+    ``identity`` 0 means any peer; ``protocol`` 0 any protocol (then port is 0);
+    ``port_prefix`` is how many leading bits of ``port`` must match (16 exact,
+    0 any), so a port range becomes a few prefix blocks.
+    """
+
+    ep_id: int
+    direction: Direction
+    identity: int
+    protocol: int
+    port: int
+    port_prefix: int
+    deny: bool = False
+    proxy_port: int = 0
+    rules: tuple[str, ...] = ()   # "namespace/name" of the policies that produced it
+
+    @property
+    def match_type(self) -> str:
+        """Hubble's policy_match_type for a verdict decided by this entry."""
+        if self.identity == 0 and self.protocol == 0:
+            return "all"
+        if self.identity == 0:
+            return "L4-Only"
+        if self.protocol == 0:
+            return "L3-Only"
+        return "L3-L4"
