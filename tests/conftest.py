@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 
@@ -93,3 +94,13 @@ def netns_factory(unique_name: Callable[[str], str]) -> Iterator[Callable[[str],
     yield make
     for name in created:
         netlink.remove_netns(name)
+
+
+@pytest.fixture(scope="session")
+def kernelspec_prefix(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The workbench kernelspec installed into a private prefix for this test session."""
+    from workbench.kernelspec import install_kernelspec
+
+    prefix = tmp_path_factory.mktemp("jupyter-prefix")
+    install_kernelspec(prefix=str(prefix))
+    return prefix
