@@ -1,4 +1,4 @@
-"""IPython magics. Thin by design: parse, call the shared command handlers, return objects."""
+"""IPython magics. Thin by design: parse, call the shared command handlers or the program API, return objects."""
 
 from __future__ import annotations
 
@@ -11,20 +11,61 @@ from IPython.core.magic import Magics, line_cell_magic, magics_class
 from ..commands import ArgumentError, run
 from ..errors import WorkbenchError
 
+# Subcommands about this kernel's own programs: the registry lives in this process, so the
+# CLI (another process) has nothing to list; they are handled here, not in commands.py.
+PROGRAM_SUBCOMMANDS = ("programs", "detach")
+
 
 @magics_class
 class WorkbenchMagics(Magics):
     @line_cell_magic
     def ebpf(self, line: str, cell: str | None = None) -> Any:
-        """`%ebpf SUBCOMMAND ...` mirrors the CLI and returns DataFrames/objects."""
-        if cell is not None:
-            raise UsageError("%%ebpf (programs in cells) is not available yet")
+        """`%ebpf SUBCOMMAND ...` mirrors the CLI; `%%ebpf TYPE [options]` compiles and attaches the cell's C."""
         try:
-            _, result = run(shlex.split(line), prog="%ebpf")
-        except (ArgumentError, WorkbenchError) as err:
-            raise UsageError(str(err)) from None
+            if cell is not None:
+                return _run_cell(line, cell)
+            argv = shlex.split(line)
+            if argv and argv[0] in PROGRAM_SUBCOMMANDS:
+                return _program_command(argv)
+            _, result = run(argv, prog="%ebpf")
+        except (ArgumentError, WorkbenchError, ValueError) as err:
+            raise UsageError(_message(err)) from None
         value = getattr(result, "value", None)
         return value() if callable(value) else result
+
+
+def _message(err: Exception) -> str:
+    details = getattr(err, "details", "")
+    return f"{err}\n{details}" if details else str(err)
+
+
+def _run_cell(line: str, cell: str) -> Any:
+    from .cellargs import parse_cell_line
+    from .programs import manager
+
+    spec = parse_cell_line(line)
+    if not cell.strip():
+        raise UsageError("%%ebpf: the cell is empty; write the program's C below the %%ebpf line")
+    return manager().load(spec, cell)
+
+
+def _program_command(argv: list[str]) -> Any:
+    from .programs import manager
+
+    if argv[0] == "programs":
+        if len(argv) > 1:
+            raise UsageError(f"%ebpf programs takes no arguments (got {' '.join(argv[1:])})")
+        return manager().frame()
+    names = argv[1:]
+    if not names:
+        raise UsageError("usage: %ebpf detach NAME... | %ebpf detach --all")
+    if names == ["--all"]:
+        return manager().detach_all()
+    for name in names:
+        manager().get(name)            # all names checked before anything is detached
+    for name in names:
+        manager().detach(name)
+    return None
 
 
 def register_magics(ipython: Any) -> None:
