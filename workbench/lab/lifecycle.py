@@ -1,0 +1,96 @@
+"""Starting and stopping a lab: the agent process and its clean-up.
+
+Client side (CLI, Python API): no netlink here except in `teardown`, which is
+wrapped for notebook kernels.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from .. import system
+from ..client import AgentClient
+from ..errors import WorkbenchError
+from . import state
+from .ipam import DEFAULT_POD_CIDR, DEFAULT_SERVICE_CIDR, check_lab_cidrs
+from .manifests import LabSpec
+
+AGENT_START_TIMEOUT = 120.0
+
+
+@dataclass
+class UpOutcome:
+    lab: str
+    already_up: bool
+    status: dict[str, Any]
+    warnings: list[str] = field(default_factory=list)
+    recovered: list[str] = field(default_factory=list)
+
+
+def start_lab(spec: LabSpec, name: str = state.DEFAULT_LAB, pod_cidr: str = DEFAULT_POD_CIDR,
+              service_cidr: str = DEFAULT_SERVICE_CIDR, timeout: float = AGENT_START_TIMEOUT) -> UpOutcome:
+    """Start the agent of lab ``name`` and wait until the lab is ready.
+
+    When an agent already answers, nothing changes (``already_up``). When
+    remains of a dead agent exist, they are removed first (identities kept).
+    """
+    state.check_lab_name(name)
+    check_lab_cidrs(pod_cidr, service_cidr)
+    system.require_ready(f"lab up {name}")
+    client = AgentClient(name)
+    if client.alive():
+        return UpOutcome(name, True, client.call("lab.status"))
+    recovered = state.teardown(name, keep_identities=True) if state.leftovers(name) else []
+    directory = state.state_dir(name)
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "config.json").write_text(json.dumps(
+        {"spec": spec.to_dict(), "pod_cidr": pod_cidr, "service_cidr": service_cidr}))
+    with open(directory / "agent.log", "ab") as log:
+        # A session of its own: the agent outlives the CLI and ignores its Ctrl-C.
+        proc = subprocess.Popen([sys.executable, "-m", "workbench.agent", "--lab", name], stdin=subprocess.DEVNULL,
+                                stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd="/",
+                                env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            error_file = directory / "agent.error"
+            reason = error_file.read_text().strip() if error_file.exists() else _log_tail(name)
+            state.teardown(name, keep_identities=True)
+            raise WorkbenchError(f"lab {name} failed to start: {reason}")
+        if state.socket_path(name).exists() and client.alive():
+            return UpOutcome(name, False, client.call("lab.status"), spec.warnings, recovered)
+        time.sleep(0.05)
+    state.teardown(name, keep_identities=True)
+    raise WorkbenchError(f"lab {name} did not come up within {timeout:.0f} s (agent log: {_log_tail(name)})")
+
+
+def _log_tail(name: str) -> str:
+    log = state.state_dir(name) / "agent.log"
+    lines = log.read_text(errors="replace").strip().splitlines() if log.exists() else []
+    return lines[-1] if lines else "no output"
+
+
+def stop_lab(name: str = state.DEFAULT_LAB) -> list[str]:
+    """Remove the lab completely (also after a crashed agent); idempotent. Returns what was removed."""
+    state.check_lab_name(name)
+    system.require_privileges(f"lab down {name}")
+    return state.teardown(name)
+
+
+def lab_status(name: str = state.DEFAULT_LAB) -> dict[str, Any]:
+    """The agent's status, or what is known without it ("down" / "broken")."""
+    state.check_lab_name(name)
+    client = AgentClient(name)
+    if client.alive():
+        return dict(client.call("lab.status"))
+    if state.leftovers(name):
+        return {"lab": name, "status": "broken",
+                "detail": "the agent is not running but lab state exists; run `workbench lab down` "
+                          f"--name {name} (or lab up again)"}
+    return {"lab": name, "status": "down"}

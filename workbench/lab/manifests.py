@@ -1,0 +1,415 @@
+"""Kubernetes manifests -> the lab's pods, services and namespaces.
+
+Supports v1 Namespace, v1 Pod, apps/v1 Deployment and v1 Service from
+multi-document YAML. Everything is validated before anything is created:
+an error names the document (source, index, kind/name) and the field path,
+e.g. ``spec.template.spec.containers[0].ports[0].containerPort``. Unknown kinds
+and unknown fields are skipped with a warning.
+
+Example::
+
+    >>> spec = parse_manifests([DEMO_MANIFEST.read_text()])
+    >>> sorted(p.name.split("-")[0] for p in spec.pods)
+    ['deathstar', 'deathstar', 'tiefighter', 'xwing']
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ..errors import ValidationError
+
+DEMO_MANIFEST = Path(__file__).resolve().parents[1] / "data" / "starwars.yaml"
+
+# Images that stand for the Cilium star-wars deathstar (any registry, any tag).
+DEATHSTAR_IMAGES = ("cilium/starwars",)
+NAMESPACE_NAME_LABEL = "kubernetes.io/metadata.name"
+
+# RFC 1123 names as Kubernetes checks them (pods and services).
+_DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+_LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
+_LABEL_KEY_NAME = re.compile(r"^([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]$")
+# The characters Kubernetes uses for generated name suffixes (no vowels, no look-alikes).
+_SUFFIX_ALPHABET = "bcdfghjklmnpqrstvwxz2456789"
+
+_KNOWN_TOP = {"apiVersion", "kind", "metadata", "spec", "status"}
+_KNOWN_METADATA = {"name", "namespace", "labels", "annotations", "uid", "resourceVersion", "generation",
+                   "creationTimestamp", "ownerReferences", "finalizers", "managedFields", "generateName"}
+_KNOWN_CONTAINER = {"name", "image", "ports", "command", "args", "env", "envFrom", "imagePullPolicy",
+                    "resources", "volumeMounts", "livenessProbe", "readinessProbe", "startupProbe",
+                    "securityContext", "workingDir", "lifecycle", "stdin", "tty", "terminationMessagePath",
+                    "terminationMessagePolicy", "volumeDevices"}
+SUPPORTED_KINDS = {("v1", "Namespace"), ("v1", "Pod"), ("apps/v1", "Deployment"), ("v1", "Service")}
+
+
+@dataclass
+class ContainerPort:
+    port: int
+    protocol: str = "TCP"
+    name: str = ""
+
+
+@dataclass
+class PodSpec:
+    """One pod to create. ``app`` is the built-in app standing in for the image."""
+
+    name: str
+    namespace: str
+    labels: dict[str, str]
+    image: str
+    ports: list[ContainerPort] = field(default_factory=list)
+    app: str = "idle"            # deathstar | echo | idle
+    owner: str = ""              # Deployment name
+
+
+@dataclass
+class ServicePortSpec:
+    port: int
+    target_port: int | str       # a number, or the name of a container port
+    protocol: str = "TCP"
+    name: str = ""
+
+
+@dataclass
+class ServiceSpec:
+    name: str
+    namespace: str
+    selector: dict[str, str]
+    ports: list[ServicePortSpec]
+    cluster_ip: str | None = None
+
+
+@dataclass
+class LabSpec:
+    """Everything a lab is made of, validated. Crosses to the agent as JSON."""
+
+    namespaces: dict[str, dict[str, str]] = field(default_factory=dict)   # name -> labels
+    pods: list[PodSpec] = field(default_factory=list)
+    services: list[ServiceSpec] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> LabSpec:
+        pods = [PodSpec(**{**p, "ports": [ContainerPort(**c) for c in p["ports"]]}) for p in data["pods"]]
+        services = [ServiceSpec(**{**s, "ports": [ServicePortSpec(**sp) for sp in s["ports"]]})
+                    for s in data["services"]]
+        return cls(dict(data["namespaces"]), pods, services, list(data.get("warnings", [])))
+
+
+class _Doc:
+    """Field access for one document that turns every mistake into a located ValidationError."""
+
+    def __init__(self, source: str, index: int, body: dict[str, Any]) -> None:
+        self.source, self.index, self.body = source, index, body
+        meta = body.get("metadata") if isinstance(body.get("metadata"), dict) else {}
+        self.kind = str(body.get("kind", "?"))
+        self.name = str(meta.get("name", "?"))
+        self.warnings: list[str] = []
+
+    @property
+    def where(self) -> str:
+        return f"{self.source} document {self.index} ({self.kind}/{self.name})"
+
+    def fail(self, path: str, message: str) -> ValidationError:
+        return ValidationError(f"{self.where}: {path}: {message}")
+
+    def warn_unknown(self, obj: dict[str, Any], known: set[str], path: str) -> None:
+        for key in obj:
+            if key not in known:
+                self.warnings.append(f"{self.where}: {path}{'.' if path else ''}{key}: unknown field ignored")
+
+    def mapping(self, obj: Any, path: str, required: bool = True) -> dict[str, Any]:
+        if obj is None and not required:
+            return {}
+        if not isinstance(obj, dict):
+            raise self.fail(path, f"must be a mapping, got {_show(obj)}")
+        return obj
+
+    def sequence(self, obj: Any, path: str, required: bool = True) -> list[Any]:
+        if obj is None and not required:
+            return []
+        if not isinstance(obj, list):
+            raise self.fail(path, f"must be a list, got {_show(obj)}")
+        return obj
+
+    def string(self, obj: Any, path: str) -> str:
+        if not isinstance(obj, str) or not obj:
+            raise self.fail(path, f"must be a non-empty string, got {_show(obj)}")
+        return obj
+
+    def dns_name(self, obj: Any, path: str, label: bool = False) -> str:
+        value = self.string(obj, path)
+        pattern = _DNS_LABEL if label else _DNS_SUBDOMAIN
+        if len(value) > (63 if label else 253) or not pattern.match(value):
+            raise self.fail(path, f"{value!r} is not a valid RFC 1123 {'label' if label else 'name'} "
+                                  "(lowercase letters, digits, '-')")
+        return value
+
+    def port(self, obj: Any, path: str) -> int:
+        if isinstance(obj, bool) or not isinstance(obj, int) or not 1 <= obj <= 65535:
+            raise self.fail(path, f"must be an integer 1-65535, got {_show(obj)}")
+        return obj
+
+    def protocol(self, obj: Any, path: str) -> str:
+        if obj is None:
+            return "TCP"
+        if obj not in ("TCP", "UDP"):
+            raise self.fail(path, f"must be TCP or UDP, got {_show(obj)}")
+        return str(obj)
+
+    def labels(self, obj: Any, path: str) -> dict[str, str]:
+        labels = self.mapping(obj, path, required=False)
+        out: dict[str, str] = {}
+        for key, value in labels.items():
+            if not isinstance(key, str) or not _valid_label_key(key):
+                raise self.fail(f"{path}", f"invalid label key {_show(key)}")
+            if isinstance(value, bool) or value is None or not isinstance(value, (str, int, float)):
+                raise self.fail(f"{path}.{key}", f"label values must be strings, got {_show(value)}")
+            text = str(value)
+            if len(text) > 63 or not _LABEL_VALUE.match(text):
+                raise self.fail(f"{path}.{key}", f"invalid label value {text!r}")
+            out[key] = text
+        return out
+
+
+def _show(obj: Any) -> str:
+    return "nothing" if obj is None else repr(obj)
+
+
+def _valid_label_key(key: str) -> bool:
+    prefix, sep, name = key.rpartition("/")
+    if sep and (not prefix or len(prefix) > 253 or not _DNS_SUBDOMAIN.match(prefix)):
+        return False
+    return 0 < len(name) <= 63 and bool(_LABEL_KEY_NAME.match(name))
+
+
+def image_app(image: str, ports: list[ContainerPort]) -> str:
+    """Which built-in app stands for a container image (DESIGN §3)."""
+    repository = image.split("@")[0]
+    head, _, last = repository.rpartition("/")
+    repository = f"{head}/{last.split(':')[0]}" if head else last.split(":")[0]   # drop the tag
+    if any(repository.endswith(name) for name in DEATHSTAR_IMAGES):
+        return "deathstar"
+    return "echo" if ports else "idle"
+
+
+def _containers(doc: _Doc, pod_spec: Any, path: str) -> tuple[str, list[ContainerPort]]:
+    spec = doc.mapping(pod_spec, path)
+    containers = doc.sequence(spec.get("containers"), f"{path}.containers")
+    if not containers:
+        raise doc.fail(f"{path}.containers", "must list at least one container")
+    images: list[str] = []
+    ports: list[ContainerPort] = []
+    seen: set[tuple[int, str]] = set()
+    for ci, raw in enumerate(containers):
+        cpath = f"{path}.containers[{ci}]"
+        container = doc.mapping(raw, cpath)
+        doc.warn_unknown(container, _KNOWN_CONTAINER, cpath)
+        doc.dns_name(container.get("name"), f"{cpath}.name", label=True)
+        images.append(doc.string(container.get("image"), f"{cpath}.image"))
+        for pi, raw_port in enumerate(doc.sequence(container.get("ports"), f"{cpath}.ports", required=False)):
+            ppath = f"{cpath}.ports[{pi}]"
+            port_map = doc.mapping(raw_port, ppath)
+            number = doc.port(port_map.get("containerPort"), f"{ppath}.containerPort")
+            protocol = doc.protocol(port_map.get("protocol"), f"{ppath}.protocol")
+            name = port_map.get("name", "")
+            if name:
+                doc.dns_name(name, f"{ppath}.name", label=True)
+            if (number, protocol) in seen:
+                raise doc.fail(f"{ppath}.containerPort", f"port {number}/{protocol} is declared twice")
+            seen.add((number, protocol))
+            ports.append(ContainerPort(number, protocol, str(name)))
+    # The first container with a known app decides; the others run beside it.
+    image = next((i for i in images if image_app(i, ports) == "deathstar"), images[0])
+    return image, ports
+
+
+def _metadata(doc: _Doc, default_namespace: str) -> tuple[str, str, dict[str, str]]:
+    meta = doc.mapping(doc.body.get("metadata"), "metadata")
+    doc.warn_unknown(meta, _KNOWN_METADATA, "metadata")
+    name = doc.dns_name(meta.get("name"), "metadata.name")
+    namespace = meta.get("namespace", default_namespace)
+    namespace = doc.dns_name(namespace, "metadata.namespace", label=True)
+    return name, namespace, doc.labels(meta.get("labels"), "metadata.labels")
+
+
+def _template_hash(doc: _Doc, name: str, namespace: str) -> str:
+    digest = hashlib.sha256(json.dumps([namespace, name, doc.body.get("spec")], sort_keys=True,
+                                       default=str).encode()).digest()
+    return "".join(_SUFFIX_ALPHABET[b % len(_SUFFIX_ALPHABET)] for b in digest[:10])
+
+
+def _replica_suffix(template_hash: str, index: int) -> str:
+    digest = hashlib.sha256(f"{template_hash}/{index}".encode()).digest()
+    return "".join(_SUFFIX_ALPHABET[b % len(_SUFFIX_ALPHABET)] for b in digest[:5])
+
+
+def _parse_pod(doc: _Doc, spec: LabSpec) -> None:
+    name, namespace, labels = _metadata(doc, "default")
+    image, ports = _containers(doc, doc.body.get("spec"), "spec")
+    spec.pods.append(PodSpec(name, namespace, labels, image, ports, image_app(image, ports)))
+
+
+def _parse_deployment(doc: _Doc, spec: LabSpec) -> None:
+    name, namespace, _ = _metadata(doc, "default")
+    body = doc.mapping(doc.body.get("spec"), "spec")
+    replicas = body.get("replicas", 1)
+    if isinstance(replicas, bool) or not isinstance(replicas, int) or not 0 <= replicas <= 1000:
+        raise doc.fail("spec.replicas", f"must be an integer 0-1000, got {_show(replicas)}")
+    selector = doc.mapping(body.get("selector"), "spec.selector")
+    match = doc.labels(selector.get("matchLabels"), "spec.selector.matchLabels")
+    if not match:
+        raise doc.fail("spec.selector.matchLabels", "must select at least one label")
+    template = doc.mapping(body.get("template"), "spec.template")
+    tmeta = doc.mapping(template.get("metadata"), "spec.template.metadata")
+    labels = doc.labels(tmeta.get("labels"), "spec.template.metadata.labels")
+    for key, value in match.items():
+        if labels.get(key) != value:
+            raise doc.fail("spec.template.metadata.labels",
+                           f"does not match spec.selector.matchLabels ({key}={value})")
+    image, ports = _containers(doc, template.get("spec"), "spec.template.spec")
+    template_hash = _template_hash(doc, name, namespace)
+    for index in range(replicas):
+        pod_name = f"{name}-{template_hash}-{_replica_suffix(template_hash, index)}"
+        spec.pods.append(PodSpec(pod_name, namespace, {**labels, "pod-template-hash": template_hash}, image,
+                                 ports, image_app(image, ports), owner=name))
+
+
+def _parse_service(doc: _Doc, spec: LabSpec) -> None:
+    name, namespace, _ = _metadata(doc, "default")
+    doc.dns_name(name, "metadata.name", label=True)
+    body = doc.mapping(doc.body.get("spec"), "spec")
+    kind = body.get("type", "ClusterIP")
+    if kind != "ClusterIP":
+        doc.warnings.append(f"{doc.where}: spec.type: {kind} is served as ClusterIP in the lab")
+    cluster_ip = body.get("clusterIP")
+    if cluster_ip is not None and not isinstance(cluster_ip, str):
+        raise doc.fail("spec.clusterIP", f"must be an IPv4 address, got {_show(cluster_ip)}")
+    if cluster_ip == "None":
+        raise doc.fail("spec.clusterIP", "headless services are not supported in the lab")
+    selector = doc.labels(body.get("selector"), "spec.selector")
+    raw_ports = doc.sequence(body.get("ports"), "spec.ports")
+    if not raw_ports:
+        raise doc.fail("spec.ports", "must list at least one port")
+    ports: list[ServicePortSpec] = []
+    for pi, raw in enumerate(raw_ports):
+        ppath = f"spec.ports[{pi}]"
+        port_map = doc.mapping(raw, ppath)
+        number = doc.port(port_map.get("port"), f"{ppath}.port")
+        target = port_map.get("targetPort", number)
+        if isinstance(target, str) and not target.isdigit():
+            doc.dns_name(target, f"{ppath}.targetPort", label=True)
+        else:
+            target = doc.port(int(target) if isinstance(target, str) else target, f"{ppath}.targetPort")
+        ports.append(ServicePortSpec(number, target, doc.protocol(port_map.get("protocol"), f"{ppath}.protocol"),
+                                     str(port_map.get("name", ""))))
+    if len(ports) > 1 and any(not p.name for p in ports):
+        raise doc.fail("spec.ports", "every port needs a name when a service has more than one")
+    spec.services.append(ServiceSpec(name, namespace, selector, ports, cluster_ip))
+
+
+def _parse_namespace(doc: _Doc, spec: LabSpec) -> None:
+    meta = doc.mapping(doc.body.get("metadata"), "metadata")
+    doc.warn_unknown(meta, _KNOWN_METADATA, "metadata")
+    name = doc.dns_name(meta.get("name"), "metadata.name", label=True)
+    labels = doc.labels(meta.get("labels"), "metadata.labels")
+    spec.namespaces[name] = {**labels, NAMESPACE_NAME_LABEL: name}
+
+
+_PARSERS = {"Namespace": _parse_namespace, "Pod": _parse_pod, "Deployment": _parse_deployment,
+            "Service": _parse_service}
+
+
+def load_documents(texts: list[tuple[str, str]]) -> list[tuple[str, int, Any]]:
+    """(source, yaml text) pairs -> (source, index, document) for every non-empty document."""
+    docs: list[tuple[str, int, Any]] = []
+    for source, text in texts:
+        try:
+            loaded = list(yaml.safe_load_all(text))
+        except yaml.YAMLError as err:
+            mark = getattr(err, "problem_mark", None)
+            where = f" line {mark.line + 1}" if mark is not None else ""
+            problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+            raise ValidationError(f"{source}{where}: not valid YAML: {problem}") from None
+        for index, body in enumerate(loaded):
+            if body is None:
+                continue
+            if isinstance(body, dict) and body.get("kind") == "List" and isinstance(body.get("items"), list):
+                docs.extend((f"{source} document {index} items", i, item) for i, item in enumerate(body["items"]))
+                continue
+            docs.append((source, index, body))
+    return docs
+
+
+def parse_manifests(texts: list[str] | list[tuple[str, str]]) -> LabSpec:
+    """Validate manifests and return the LabSpec; raise ValidationError on the first bad field.
+
+    ``texts`` are YAML strings, or (source name, YAML) pairs so that errors name the file.
+    """
+    pairs = [(t if isinstance(t, tuple) else (f"manifest {i}", t)) for i, t in enumerate(texts)]
+    spec = LabSpec(namespaces={"default": {NAMESPACE_NAME_LABEL: "default"}})
+    for source, index, body in load_documents(pairs):
+        if not isinstance(body, dict):
+            raise ValidationError(f"{source} document {index}: must be a mapping with apiVersion and kind, "
+                                  f"got {_show(body)}")
+        doc = _Doc(source, index, body)
+        api_version, kind = body.get("apiVersion"), body.get("kind")
+        if not isinstance(kind, str) or not kind:
+            raise doc.fail("kind", "missing")
+        if not isinstance(api_version, str) or not api_version:
+            raise doc.fail("apiVersion", "missing")
+        if (api_version, kind) not in SUPPORTED_KINDS:
+            supported = ", ".join(f"{a}/{k}" for a, k in sorted(SUPPORTED_KINDS))
+            spec.warnings.append(f"{doc.where}: {api_version}/{kind} is not supported by the lab, skipped "
+                                 f"(supported: {supported})")
+            continue
+        doc.warn_unknown(body, _KNOWN_TOP, "")
+        _PARSERS[kind](doc, spec)
+        spec.warnings.extend(doc.warnings)
+    _check_lab(spec)
+    return spec
+
+
+def _check_lab(spec: LabSpec) -> None:
+    """Cross-document rules: names unique in the lab, referenced namespaces exist."""
+    seen: dict[str, str] = {}
+    for pod in spec.pods:
+        if pod.name in seen:
+            raise ValidationError(f"pod name {pod.name} is used twice (namespaces {seen[pod.name]} and "
+                                  f"{pod.namespace}); pod names must be unique within a lab")
+        seen[pod.name] = pod.namespace
+    services: set[tuple[str, str]] = set()
+    for svc in spec.services:
+        if (svc.namespace, svc.name) in services:
+            raise ValidationError(f"service {svc.namespace}/{svc.name} is defined twice")
+        services.add((svc.namespace, svc.name))
+    used = {p.namespace for p in spec.pods} | {s.namespace for s in spec.services}
+    for namespace in sorted(used - set(spec.namespaces)):
+        spec.namespaces[namespace] = {NAMESPACE_NAME_LABEL: namespace}
+        spec.warnings.append(f"namespace {namespace} is not declared; created with default labels")
+
+
+def read_manifest_files(paths: list[str | Path]) -> LabSpec:
+    """Parse manifest files (the demo when ``paths`` is empty)."""
+    from ..errors import NotFoundError
+
+    if not paths:
+        paths = [DEMO_MANIFEST]
+    texts: list[tuple[str, str]] = []
+    for path in paths:
+        p = Path(path)
+        if not p.is_file():
+            raise NotFoundError(f"manifest {p} does not exist")
+        texts.append((p.name, p.read_text()))
+    return parse_manifests(texts)
