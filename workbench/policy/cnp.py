@@ -1,0 +1,186 @@
+"""CiliumNetworkPolicy / CiliumClusterwideNetworkPolicy (cilium.io/v2) -> typed rules.
+
+Namespacing follows Cilium's parser: a namespaced policy's endpointSelector
+always selects in the policy's namespace; its fromEndpoints/toEndpoints
+selectors get the policy's namespace added unless they name
+``io.kubernetes.pod.namespace`` themselves, select on namespace labels
+(``io.cilium.k8s.namespace.labels.*``) or on reserved labels. In a
+clusterwide policy a peer selector without a namespace selects pods of any
+namespace (never reserved identities).
+
+An ingress rule with neither peers nor ports (``ingress: [{}]``) allows
+nothing but still makes the subject default-deny, as in Cilium.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..model import NAMESPACE_LABEL, NAMESPACE_LABELS_PREFIX, Direction
+from .cidr import CIDRRule, parse_cidr, parse_excepts
+from .fields import DocRef, Fields
+from .ports import PortRange, parse_port
+from .rules import ENTITIES, Peers, PolicyRule, PolicySpec
+from .selectors import LabelSelector, in_some_namespace, namespace_is, parse_selector
+
+CNP_PROTOCOLS: dict[str, tuple[int, ...]] = {"TCP": (6,), "UDP": (17,), "ANY": (6, 17)}
+
+_SPEC_FIELDS = {"endpointSelector", "ingress", "ingressDeny", "egress", "egressDeny",
+                "description", "labels", "enableDefaultDeny"}
+_SPEC_UNSUPPORTED = {
+    "nodeSelector": "host policies (nodeSelector) are not supported; use endpointSelector",
+    "log": "policy logging is not supported",
+}
+_COMMON_UNSUPPORTED = {
+    "icmps": "ICMP rules are not supported yet",
+    "authentication": "mutual authentication is not supported",
+}
+_INGRESS_UNSUPPORTED = {
+    **_COMMON_UNSUPPORTED,
+    "fromRequires": "fromRequires is not supported (deprecated in Cilium)",
+    "fromNodes": "fromNodes is not supported (single-node lab)",
+    "fromGroups": "fromGroups (cloud provider groups) is not supported",
+    "toEndpoints": "toEndpoints belongs in egress rules, not ingress",
+}
+_EGRESS_UNSUPPORTED = {
+    **_COMMON_UNSUPPORTED,
+    "toRequires": "toRequires is not supported (deprecated in Cilium)",
+    "toNodes": "toNodes is not supported (single-node lab)",
+    "toGroups": "toGroups (cloud provider groups) is not supported",
+    "toServices": "toServices is not supported; select the backends with toEndpoints",
+    "toFQDNs": "toFQDNs (DNS-based policy) is not supported yet",
+    "fromEndpoints": "fromEndpoints belongs in ingress rules, not egress",
+}
+_PORT_RULE_UNSUPPORTED = {
+    "rules": "L7 rules (toPorts[].rules) are not supported yet by the policy compiler; "
+             "remove them to enforce at L3/L4",
+    "listener": "Envoy listeners are not supported",
+    "originatingTLS": "TLS interception is not supported",
+    "terminatingTLS": "TLS interception is not supported",
+    "serverNames": "TLS SNI matching is not supported",
+}
+_CIDR_SET_UNSUPPORTED = {
+    "cidrGroupRef": "CiliumCIDRGroup references are not supported; list the CIDRs",
+    "cidrGroupSelector": "CiliumCIDRGroup selectors are not supported; list the CIDRs",
+}
+
+# (field name, direction, deny) for every rule list a spec may carry.
+_SECTIONS: tuple[tuple[str, Direction, bool], ...] = (
+    ("ingress", "ingress", False),
+    ("ingressDeny", "ingress", True),
+    ("egress", "egress", False),
+    ("egressDeny", "egress", True),
+)
+
+
+def parse_cilium_spec(doc: DocRef, path: str, value: Any, namespace: str) -> PolicySpec:
+    """One element of ``spec``/``specs`` -> :class:`PolicySpec` (``namespace`` "" = clusterwide)."""
+    fields = Fields(doc, path, value, allowed=_SPEC_FIELDS, unsupported=_SPEC_UNSUPPORTED)
+    if not fields.has("endpointSelector"):
+        raise doc.error(fields.at("endpointSelector"), "is required (use {} to select every endpoint)")
+    subject = parse_selector(doc, fields.at("endpointSelector"), fields.value["endpointSelector"])
+    if namespace:
+        named = subject.namespace_values()
+        if named is not None and tuple(named) != (namespace,):
+            raise doc.error(fields.at("endpointSelector"),
+                            f"selects namespace {','.join(named)} but a namespaced policy only applies in "
+                            f"its own namespace {namespace!r}",
+                            hint="use a CiliumClusterwideNetworkPolicy or move the policy")
+        subject = LabelSelector(tuple(r for r in subject.requirements if r.key != NAMESPACE_LABEL))
+        subject = subject.with_requirement(namespace_is(namespace))
+    _check_description(doc, fields)
+
+    rules: list[PolicyRule] = []
+    has_rules: set[Direction] = set()
+    for section, direction, deny in _SECTIONS:
+        for rule_path, rule in fields.items(section):
+            has_rules.add(direction)
+            rules.extend(_parse_rule(doc, rule_path, rule, direction, deny, namespace))
+
+    enforce = set(has_rules)
+    default_deny = fields.mapping("enableDefaultDeny")
+    if default_deny is not None:
+        dd = Fields(doc, fields.at("enableDefaultDeny"), default_deny, allowed={"ingress", "egress"})
+        for direction in ("ingress", "egress"):
+            flag = dd.boolean(direction)
+            if flag is False:
+                enforce.discard(direction)  # type: ignore[arg-type]
+            elif flag is True:
+                enforce.add(direction)  # type: ignore[arg-type]
+    return PolicySpec(subject, frozenset(enforce), tuple(rules), path)
+
+
+def _check_description(doc: DocRef, fields: Fields) -> None:
+    fields.string("description")
+    # Rule labels only name the rule (Cilium uses them for `cilium policy get`); nothing to enforce.
+    fields.items("labels")
+
+
+def _parse_rule(doc: DocRef, path: str, value: Any, direction: Direction, deny: bool,
+                namespace: str) -> list[PolicyRule]:
+    peer_word = "from" if direction == "ingress" else "to"
+    allowed = {f"{peer_word}Endpoints", f"{peer_word}Entities", f"{peer_word}CIDR", f"{peer_word}CIDRSet",
+               "toPorts"}
+    unsupported = dict(_INGRESS_UNSUPPORTED if direction == "ingress" else _EGRESS_UNSUPPORTED)
+    if value is None or value == {}:
+        return []  # `- {}`: default-deny for the direction, allows nothing
+    fields = Fields(doc, path, value, allowed=allowed, unsupported=unsupported)
+
+    selectors = tuple(
+        _peer_selector(doc, item_path, item, namespace)
+        for item_path, item in fields.items(f"{peer_word}Endpoints")
+    )
+    entities = tuple(_entity(doc, item_path, item) for item_path, item in fields.items(f"{peer_word}Entities"))
+    cidrs = [CIDRRule(parse_cidr(doc, item_path, item)) for item_path, item in fields.items(f"{peer_word}CIDR")]
+    for item_path, item in fields.items(f"{peer_word}CIDRSet"):
+        cidrs.append(_cidr_set(doc, item_path, item))
+
+    ports = _to_ports(doc, fields, deny)
+    has_l3 = bool(fields.value.get(f"{peer_word}Endpoints") or fields.value.get(f"{peer_word}Entities")
+                  or fields.value.get(f"{peer_word}CIDR") or fields.value.get(f"{peer_word}CIDRSet"))
+    if not has_l3 and not ports:
+        return []
+    peers = Peers(selectors, entities, tuple(cidrs)) if has_l3 else None
+    return [PolicyRule(direction, peers, tuple(ports), deny, path)]
+
+
+def _peer_selector(doc: DocRef, path: str, value: Any, namespace: str) -> LabelSelector:
+    if value is None:
+        value = {}
+    selector = parse_selector(doc, path, value)
+    if selector.has_source("reserved"):
+        return selector  # reserved identities have no namespace
+    if selector.has_key(NAMESPACE_LABEL):
+        return selector
+    if not namespace:
+        return selector.with_requirement(in_some_namespace())
+    if selector.has_key_prefix(NAMESPACE_LABELS_PREFIX):
+        return selector  # selects namespaces by their labels: across namespaces
+    return selector.with_requirement(namespace_is(namespace))
+
+
+def _entity(doc: DocRef, path: str, value: Any) -> str:
+    if value not in ENTITIES:
+        raise doc.error(path, f"unsupported entity {value!r} (use one of {', '.join(ENTITIES)})")
+    return str(value)
+
+
+def _cidr_set(doc: DocRef, path: str, value: Any) -> CIDRRule:
+    fields = Fields(doc, path, value, allowed={"cidr", "except"}, unsupported=_CIDR_SET_UNSUPPORTED)
+    if not fields.has("cidr"):
+        raise doc.error(fields.at("cidr"), "is required")
+    cidr = parse_cidr(doc, fields.at("cidr"), fields.value["cidr"])
+    return CIDRRule(cidr, parse_excepts(doc, fields.at("except"), cidr, fields.items("except")))
+
+
+def _to_ports(doc: DocRef, fields: Fields, deny: bool) -> list[PortRange]:
+    ports: list[PortRange] = []
+    for rule_path, rule in fields.items("toPorts"):
+        port_rule = Fields(doc, rule_path, rule, allowed={"ports"}, unsupported=_PORT_RULE_UNSUPPORTED)
+        items = port_rule.items("ports")
+        if not items:
+            raise doc.error(port_rule.at("ports"), "needs at least one port")
+        for item_path, item in items:
+            ports.extend(parse_port(doc, item_path, item, protocols=CNP_PROTOCOLS, default_protocol="ANY",
+                                    zero_means_any=True))
+    return ports

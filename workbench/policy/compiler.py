@@ -1,0 +1,245 @@
+"""Typed rules + the lab's endpoints and identities -> policy-map entries. Pure: no kernel.
+
+Selectors become sets of numeric identities (0 = any peer); port ranges become
+prefix blocks; CIDRs get local identities the datapath puts in its ipcache.
+Deny precedence is resolved here (see :func:`resolve_deny`), so the writer can
+store the entries as they are and a lookup that prefers the most specific
+entry (peer identity over 0, then longer protocol/port prefix) is right.
+
+Example::
+
+    >>> from workbench.model import Endpoint, Identity
+    >>> docs = load_documents({"apiVersion": "cilium.io/v2", "kind": "CiliumNetworkPolicy",
+    ...     "metadata": {"name": "all-in"}, "spec": {"endpointSelector": {},
+    ...     "ingress": [{"fromEntities": ["all"]}]}})
+    >>> ident = Identity(256, ("k8s:app=a", "k8s:io.kubernetes.pod.namespace=default"))
+    >>> ep = Endpoint(1, "a", "default", "10.0.0.1", 256, ident.labels, {"app": "a"}, "wb-x-a", "lxc1")
+    >>> compiled = compile_policies(docs, [ep], [ident], {"default": {}})
+    >>> [(e.ep_id, e.direction, e.identity) for e in compiled.entries], sorted(compiled.enforced)
+    ([(1, 'ingress', 0)], [(1, 'ingress')])
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+from ..model import (
+    FIRST_CLUSTER_IDENTITY,
+    ID_HEALTH,
+    ID_HOST,
+    ID_WORLD,
+    NAMESPACE_LABEL,
+    RESERVED_IDENTITIES,
+    Direction,
+    Endpoint,
+    Identity,
+    PolicyEntry,
+)
+from .cidr import LOCAL_IDENTITY_SCOPE, WORLD_PREFIX, allocate_cidr_identities, cidr_labels
+from .documents import load_documents
+from .ports import PORT_BITS
+from .rules import Peers, PolicyDocument, PolicyRule
+from .selectors import namespace_labels, split_label
+
+ID_ANY = 0
+ID_REMOTE_NODE = 6  # Cilium's reserved remote-node; no lab address maps to it
+
+__all__ = ["CompiledPolicy", "compile_policies", "load_documents", "resolve_deny"]
+
+EntryKey = tuple[int, Direction, int, int, int, int]  # ep, direction, identity, protocol, port, prefix
+
+
+@dataclass
+class CompiledPolicy:
+    """What the datapath writer needs, plus what explains it.
+
+    ``entries``: policy-map entries (sorted); ``enforced``: (ep_id, direction)
+    pairs that are default-deny; ``cidr_identities``: prefix -> identity for
+    the ipcache (always includes 0.0.0.0/0 -> 2); ``identity_labels``: labels
+    of every identity an entry names; ``endpoint_names``: ep_id -> "ns/pod";
+    ``documents``: keys of the compiled documents.
+    """
+
+    entries: list[PolicyEntry] = field(default_factory=list)
+    enforced: set[tuple[int, Direction]] = field(default_factory=set)
+    cidr_identities: dict[str, int] = field(default_factory=lambda: {WORLD_PREFIX: ID_WORLD})
+    identity_labels: dict[int, tuple[str, ...]] = field(default_factory=dict)
+    endpoint_names: dict[int, str] = field(default_factory=dict)
+    documents: tuple[str, ...] = ()
+
+    def entries_for(self, ep_id: int, direction: Direction | None = None) -> list[PolicyEntry]:
+        return [e for e in self.entries if e.ep_id == ep_id and direction in (None, e.direction)]
+
+    def entries_from(self, document_key: str) -> list[PolicyEntry]:
+        """The entries a document ("default/rule1") contributed to."""
+        return [e for e in self.entries if document_key in e.rules]
+
+
+def compile_policies(documents: Iterable[PolicyDocument], endpoints: list[Endpoint],
+                     identities: list[Identity], namespaces: Mapping[str, Mapping[str, str]], *,
+                     previous_cidr_identities: Mapping[str, int] | None = None) -> CompiledPolicy:
+    """Compile validated documents against the lab's endpoints and identities.
+
+    ``namespaces`` maps namespace name -> its labels (``kubernetes.io/metadata.name``
+    is implied). ``previous_cidr_identities`` (the last compile's
+    ``cidr_identities``) keeps CIDR identity numbers stable across recompiles.
+    """
+    documents = list(documents)
+    cidr_ids = allocate_cidr_identities(
+        (c for d in documents for s in d.specs for r in s.rules if r.peers for c in r.peers.cidrs),
+        previous_cidr_identities)
+    universe = _identity_universe(endpoints, identities)
+    resolver = _PeerResolver(
+        {n: _with_namespace_labels(labels, namespaces) for n, labels in universe.items()}, cidr_ids)
+
+    enforced: set[tuple[int, Direction]] = set()
+    sources: dict[tuple[EntryKey, bool], set[str]] = defaultdict(set)
+    for doc in documents:
+        for spec in doc.specs:
+            subjects = [ep for ep in endpoints
+                        if spec.subject.matches(_with_namespace_labels(ep.labels, namespaces))]
+            for ep in subjects:
+                enforced.update((ep.id, d) for d in spec.enforce)
+            for rule in spec.rules:
+                for key in _rule_keys(rule, resolver):
+                    for ep in subjects:
+                        sources[((ep.id, *key), rule.deny)].add(doc.key)  # type: ignore[arg-type]
+
+    entries = resolve_deny(
+        PolicyEntry(k[0], k[1], k[2], k[3], k[4], k[5], deny=deny, rules=tuple(sorted(rules)))
+        for (k, deny), rules in sources.items())
+    labels = {e.identity: universe.get(e.identity, ()) for e in entries}
+    for prefix, number in cidr_ids.items():
+        if number in labels or number >= LOCAL_IDENTITY_SCOPE:
+            labels[number] = cidr_labels(prefix)
+    labels[ID_ANY] = ("reserved:any",) if ID_ANY in labels else ()
+    labels = {k: v for k, v in labels.items() if v}
+    return CompiledPolicy(
+        entries=entries, enforced=enforced, cidr_identities=cidr_ids, identity_labels=labels,
+        endpoint_names={ep.id: f"{ep.namespace}/{ep.pod}" for ep in endpoints},
+        documents=tuple(d.key for d in documents))
+
+
+def _identity_universe(endpoints: list[Endpoint], identities: list[Identity]) -> dict[int, tuple[str, ...]]:
+    """Every identity a selector may match: reserved ones, the endpoints' and the given ones."""
+    universe: dict[int, tuple[str, ...]] = dict(RESERVED_IDENTITIES)
+    universe[ID_REMOTE_NODE] = ("reserved:remote-node",)
+    for ep in endpoints:
+        universe.setdefault(ep.identity, tuple(ep.labels))
+    for ident in identities:
+        universe[ident.id] = tuple(ident.labels)
+    return universe
+
+
+def _with_namespace_labels(labels: Iterable[str], namespaces: Mapping[str, Mapping[str, str]]) -> tuple[str, ...]:
+    """A pod's labels plus its namespace's labels (as Cilium's identity labels carry them)."""
+    labels = tuple(labels)
+    for label in labels:
+        source, key, value = split_label(label)
+        if source == "k8s" and key == NAMESPACE_LABEL:
+            extra = namespace_labels(value, dict(namespaces.get(value, {})))
+            return tuple(sorted(set(labels) | set(extra)))
+    return labels
+
+
+class _PeerResolver:
+    """Selectors, entities and CIDRs -> sets of numeric identities."""
+
+    def __init__(self, universe: dict[int, tuple[str, ...]], cidr_ids: dict[str, int]) -> None:
+        self.universe = universe
+        self.cidr_ids = cidr_ids
+        cluster = {n for n in universe if FIRST_CLUSTER_IDENTITY <= n < LOCAL_IDENTITY_SCOPE}
+        world = {ID_WORLD} | set(cidr_ids.values())
+        self.entities: dict[str, set[int]] = {
+            "all": {ID_ANY}, "world": world, "world-ipv4": world, "host": {ID_HOST},
+            "health": {ID_HEALTH}, "remote-node": {ID_REMOTE_NODE},
+            "cluster": cluster | {ID_HOST, ID_HEALTH},
+        }
+
+    def resolve(self, peers: Peers | None) -> set[int]:
+        if peers is None:
+            return {ID_ANY}
+        ids: set[int] = set()
+        for selector in peers.selectors:
+            ids.update(n for n, labels in self.universe.items() if selector.matches(labels))
+        for entity in peers.entities:
+            ids.update(self.entities[entity])
+        for cidr in peers.cidrs:
+            ids.update(n for prefix, n in self.cidr_ids.items() if cidr.selects(prefix))
+        return ids
+
+
+def _rule_keys(rule: PolicyRule, resolver: _PeerResolver) -> list[tuple[Direction, int, int, int, int]]:
+    """(direction, identity, protocol, port, prefix) for every peer x port block of a rule."""
+    l4 = [(0, 0, 0)] if not rule.ports else [
+        (p.protocol, port, prefix) for p in rule.ports for port, prefix in p.blocks()]
+    return [(rule.direction, ident, *block) for ident in sorted(resolver.resolve(rule.peers))
+            for block in l4]
+
+
+def _block(entry: PolicyEntry) -> tuple[int, int]:
+    return (0, 0) if entry.protocol == 0 else (entry.port, entry.port_prefix)
+
+
+def _intersect(allow: PolicyEntry, deny: PolicyEntry) -> EntryKey | None:
+    """The most specific key matching packets both entries match, or None if they are disjoint."""
+    if ID_ANY not in (allow.identity, deny.identity) and allow.identity != deny.identity:
+        return None
+    if 0 not in (allow.protocol, deny.protocol) and allow.protocol != deny.protocol:
+        return None
+    (a_port, a_len), (d_port, d_len) = _block(allow), _block(deny)
+    short = min(a_len, d_len)
+    if (a_port >> (PORT_BITS - short)) != (d_port >> (PORT_BITS - short)):
+        return None  # prefix blocks are nested or disjoint: compare on the shorter prefix
+    port, prefix = (a_port, a_len) if a_len >= d_len else (d_port, d_len)
+    protocol = allow.protocol or deny.protocol
+    if protocol == 0:
+        port, prefix = 0, 0
+    return (allow.ep_id, allow.direction, allow.identity or deny.identity, protocol, port, prefix)
+
+
+def resolve_deny(entries: Iterable[PolicyEntry]) -> list[PolicyEntry]:
+    """Make "deny wins" hold under most-specific-match lookups.
+
+    For every allow entry and deny entry of the same endpoint and direction that
+    overlap, add a deny entry for their intersection (the more specific peer,
+    protocol and port block). When that intersection is the allow's own key,
+    the allow is replaced. Afterwards, for any packet, the most specific
+    matching entry is a deny whenever some deny matches; deny entries carry the
+    deny policies' names only, since those decide the verdict.
+    """
+    allows: dict[EntryKey, PolicyEntry] = {}
+    denies: dict[EntryKey, PolicyEntry] = {}
+    for entry in entries:
+        key = _key(entry)
+        table = denies if entry.deny else allows
+        if key in table:
+            entry = PolicyEntry(*key, deny=entry.deny, proxy_port=entry.proxy_port,
+                                rules=tuple(sorted(set(table[key].rules) | set(entry.rules))))
+        table[key] = entry
+    by_scope: dict[tuple[int, Direction], list[PolicyEntry]] = defaultdict(list)
+    for entry in denies.values():
+        by_scope[(entry.ep_id, entry.direction)].append(entry)
+    extra: dict[EntryKey, set[str]] = defaultdict(set)
+    for key, allow in list(allows.items()):
+        for deny in by_scope.get((allow.ep_id, allow.direction), []):
+            both = _intersect(allow, deny)
+            if both is None:
+                continue
+            extra[both].update(deny.rules)
+            if both == key:
+                del allows[key]
+                break
+    for key, rules in extra.items():
+        old = denies.get(key)
+        merged = set(rules) | (set(old.rules) if old else set())
+        denies[key] = PolicyEntry(*key, deny=True, rules=tuple(sorted(merged)))
+    result = list(allows.values()) + list(denies.values())
+    return sorted(result, key=lambda e: (e.ep_id, e.direction, e.identity, e.protocol, e.port,
+                                         e.port_prefix, e.deny))
+
+
+def _key(entry: PolicyEntry) -> EntryKey:
+    return (entry.ep_id, entry.direction, entry.identity, entry.protocol, entry.port, entry.port_prefix)

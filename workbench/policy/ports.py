@@ -1,0 +1,112 @@
+"""L4 ports: parsing ``port``/``endPort``/``protocol`` and turning ranges into prefix blocks.
+
+The policy map matches ports with a prefix length (like an LPM key), so a
+range ``port..endPort`` is stored as the fewest aligned power-of-two blocks
+that cover it exactly.
+
+Example::
+
+    >>> port_blocks(80, 80)
+    [(80, 16)]
+    >>> port_blocks(8080, 8087)
+    [(8080, 13)]
+    >>> port_blocks(0, 65535)
+    [(0, 0)]
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from ..model import PROTOCOLS
+from .fields import DocRef, Fields
+
+PORT_BITS = 16
+MAX_PORT = (1 << PORT_BITS) - 1
+PROTOCOL_NAMES = {number: name for name, number in PROTOCOLS.items()}
+
+
+@dataclass(frozen=True)
+class PortRange:
+    """Destination ports ``first..last`` of one protocol (6 TCP, 17 UDP); 0..65535 is any port."""
+
+    protocol: int
+    first: int = 0
+    last: int = MAX_PORT
+
+    def blocks(self) -> list[tuple[int, int]]:
+        return port_blocks(self.first, self.last)
+
+    def __str__(self) -> str:
+        proto = PROTOCOL_NAMES.get(self.protocol, str(self.protocol))
+        if (self.first, self.last) == (0, MAX_PORT):
+            return f"{proto}/any"
+        if self.first == self.last:
+            return f"{self.first}/{proto}"
+        return f"{self.first}-{self.last}/{proto}"
+
+
+def port_blocks(first: int, last: int) -> list[tuple[int, int]]:
+    """The minimal list of (port, prefix_len) blocks covering exactly ``first..last``.
+
+    Greedy from the low end: the largest block that starts at ``first`` (aligned)
+    and does not pass ``last`` is always part of an optimal cover.
+    """
+    if not 0 <= first <= last <= MAX_PORT:
+        raise ValueError(f"bad port range {first}..{last}")
+    blocks: list[tuple[int, int]] = []
+    port = first
+    while port <= last:
+        size = port & -port if port else 1 << PORT_BITS
+        while port + size - 1 > last:
+            size >>= 1
+        blocks.append((port, PORT_BITS - size.bit_length() + 1))
+        port += size
+    return blocks
+
+
+def block_range(port: int, prefix: int) -> tuple[int, int]:
+    """(port, prefix_len) -> (first, last) ports it covers."""
+    size = 1 << (PORT_BITS - prefix)
+    return port, port + size - 1
+
+
+def parse_port_number(doc: DocRef, path: str, value: Any, *, allow_zero: bool) -> int:
+    """A port given as an integer or a decimal string; a name is refused clearly."""
+    if isinstance(value, bool):
+        raise doc.error(path, f"must be a port number, got {value!r}")
+    if isinstance(value, str):
+        text = value.strip()
+        if not text.isdigit():
+            raise doc.error(path, f"named port {value!r} is not supported; use the port number")
+        value = int(text)
+    if not isinstance(value, int):
+        raise doc.error(path, f"must be a port number, got {value!r}")
+    low = 0 if allow_zero else 1
+    if not low <= value <= MAX_PORT:
+        raise doc.error(path, f"port {value} is out of range {low}-{MAX_PORT}")
+    return value
+
+
+def parse_port(doc: DocRef, path: str, value: Any, *, protocols: dict[str, tuple[int, ...]],
+               default_protocol: str, zero_means_any: bool) -> list[PortRange]:
+    """One ``{port, endPort, protocol}`` item -> port ranges (ANY gives one per protocol)."""
+    fields = Fields(doc, path, value, allowed={"port", "endPort", "protocol"})
+    protocol = fields.string("protocol", default=default_protocol)
+    if protocol not in protocols:
+        raise doc.error(fields.at("protocol"), f"unsupported protocol {protocol!r} "
+                        f"(use one of {', '.join(protocols)})")
+    first, last = 0, MAX_PORT
+    if fields.has("port"):
+        port = parse_port_number(doc, fields.at("port"), fields.value["port"], allow_zero=zero_means_any)
+        if port:
+            first = last = port
+    if fields.has("endPort"):
+        end = parse_port_number(doc, fields.at("endPort"), fields.value["endPort"], allow_zero=False)
+        if not fields.has("port") or first == 0:
+            raise doc.error(fields.at("endPort"), "endPort needs a non-zero port")
+        if end < first:
+            raise doc.error(fields.at("endPort"), f"endPort {end} is below port {first}")
+        last = end
+    return [PortRange(number, first, last) for number in protocols[protocol]]
