@@ -25,4 +25,31 @@ BPF_TABLE_PINNED("lpm_trie", struct ipcache_key, struct ipcache_value, ipcache, 
 BPF_TABLE_PINNED("hash", struct endpoint_key, struct endpoint_info, endpoints, ENDPOINTS_MAX,
                  PIN_DIR "/endpoints");
 
+/* ---- policy datapath (lxc.bpf.c); sizes through cflags ---------------------- */
+#ifndef POLICY_MAX
+#define POLICY_MAX 65536   /* both generations together, during a swap */
+#endif
+#ifndef ENFORCE_MAX
+#define ENFORCE_MAX 16384
+#endif
+#ifndef CT_MAX
+#define CT_MAX 65536
+#endif
+#ifndef METRICS_MAX
+#define METRICS_MAX 1024
+#endif
+
+BPF_TABLE_PINNED("lpm_trie", struct policy_key, struct policy_value, policy, POLICY_MAX,
+                 PIN_DIR "/policy", BPF_F_NO_PREALLOC);
+BPF_TABLE_PINNED("array", __u32, struct policy_state, policy_state, 1, PIN_DIR "/policy_state");
+BPF_TABLE_PINNED("hash", struct enforce_key, __u32, policy_enforce, ENFORCE_MAX,
+                 PIN_DIR "/policy_enforce");
+/* LRU: a full table evicts the least recently used connection instead of
+ * refusing new ones (Cilium's CT map is LRU as well). */
+BPF_TABLE_PINNED("lru_hash", struct ct_key, struct ct_value, conntrack, CT_MAX, PIN_DIR "/conntrack");
+BPF_TABLE_PINNED("percpu_hash", struct metrics_key, struct metrics_value, metrics, METRICS_MAX,
+                 PIN_DIR "/metrics");
+/* [0]: ring-buffer records that could not be reserved (lost events). */
+BPF_TABLE_PINNED("percpu_array", __u32, __u64, events_lost, 1, PIN_DIR "/events_lost");
+
 #endif /* WB_MAPS_H */

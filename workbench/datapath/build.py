@@ -7,6 +7,7 @@ entries, so adding a pod compiles nothing. Compile-time options are cflags.
 from __future__ import annotations
 
 import ipaddress
+import re
 import shutil
 from pathlib import Path
 from typing import Any
@@ -79,3 +80,49 @@ def ipcache_lookup(bpf: Any, address: str) -> int | None:
         return int(table[table.Key(32, ipv4_be(address))].identity)
     except KeyError:
         return None
+
+
+_LOCAL_INCLUDE = re.compile(r'^\s*#\s*include\s+"([^"]+)"\s*$')
+
+
+def inline_local_includes(path: Path, seen: set[Path] | None = None) -> str:
+    """The text of ``path`` with its quoted ``#include "..."`` files pasted in, recursively.
+
+    Why: BCC rewrites map calls (``map.lookup(&k)``) only in the main file it
+    compiles, so logic headers in bpf/lib/ that touch maps must become part of
+    that main file. ``#line`` markers keep compiler errors pointing at the real
+    header and line. Each file is pasted once (include guards stay as well).
+    """
+    path = path.resolve()
+    seen = set() if seen is None else seen
+    if path in seen:
+        return ""
+    seen.add(path)
+    out: list[str] = [f'#line 1 "{path}"']
+    for number, line in enumerate(path.read_text().splitlines(), start=1):
+        match = _LOCAL_INCLUDE.match(line)
+        if match:
+            out.append(inline_local_includes(path.parent / match.group(1), seen))
+            out.append(f'#line {number + 1} "{path}"')
+        else:
+            out.append(line)
+    return "\n".join(out) + "\n"
+
+
+def compile_inlined(entry: str, lab: str, cflags: list[str] | None = None) -> Any:
+    """Like :func:`compile_object`, for entry files whose bpf/lib headers use maps.
+
+    Example::
+
+        >>> bpf = compile_inlined("lxc.bpf.c", "demo", ["-DPOLICY_MAX=1024"])  # doctest: +SKIP
+    """
+    from bcc import BPF
+
+    pins = pin_dir(lab)
+    pins.mkdir(parents=True, exist_ok=True)
+    flags = [f'-DPIN_DIR="{pins}"', f"-I{BPF_DIR}", *(cflags or [])]
+    try:
+        text = inline_local_includes(BPF_DIR / entry)
+        return BPF(text=text.encode(), cflags=flags)
+    except Exception as err:  # BCC raises a bare Exception with the compiler output on stderr
+        raise ValidationError(f"compiling {entry} for lab {lab} failed: {err}") from err

@@ -1,0 +1,130 @@
+/* The endpoint datapath: two TC programs on each pod's host-side lxc device
+ * in the node netns (Cilium's bpf_lxc.c in miniature).
+ *
+ *   from_container  TC ingress on lxc  = packets the pod sends  = pod EGRESS
+ *   to_container    TC egress on lxc   = packets to the pod     = pod INGRESS
+ *
+ * One compile per lab: everything endpoint-specific comes from maps (the
+ * endpoints map keyed by skb->ifindex, the ipcache, the policy map), so a
+ * new pod needs map entries, not a compile.
+ *
+ * Per packet: parse -> (egress) anti-spoofing -> conntrack; established
+ * connections and replies pass without a policy lookup; a new connection
+ * gets a policy verdict (or AUDIT), a conntrack entry when admitted, and
+ * events. Non-IPv4 (ARP, IPv6) passes untouched. */
+#include <uapi/linux/bpf.h>
+#include <linux/pkt_cls.h>
+
+#include "lib/types.h"
+#include "lib/maps.h"
+#include "lib/parse.h"
+#include "lib/verdict.h"
+#include "lib/events.h"
+#include "lib/conntrack.h"
+#include "lib/policy.h"
+
+static __always_inline int drop(const struct pkt *p, const struct flow_ctx *fc, __u16 reason)
+{
+    count_verdict(WB_VERDICT_DROPPED, fc->direction, reason, p->len);
+    emit_event(p, fc, WB_EVENT_DROP, WB_VERDICT_DROPPED, reason, WB_MATCH_NONE, 0, 0);
+    return TC_ACT_SHOT;
+}
+
+/* A conn-stats/conn-end record describes the connection: its first packet's
+ * tuple and the identities of its original direction. */
+static __always_inline void emit_conn(const struct ct_key *key, const struct ct_value *ct,
+                                      const struct pkt *p, const struct flow_ctx *fc, __u8 type)
+{
+    struct pkt orig = *p;
+    struct flow_ctx cfc = *fc;
+    orig.saddr = key->saddr;
+    orig.daddr = key->daddr;
+    orig.sport = key->sport;
+    orig.dport = key->dport;
+    cfc.src_identity = ct->src_identity;
+    cfc.dst_identity = ct->dst_identity;
+    cfc.is_reply = 0;
+    emit_event(&orig, &cfc, type, ct->verdict, 0, ct->match_type, ct->proxy_port, ct);
+}
+
+static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
+{
+    struct endpoint_key ek = {.ifindex = skb->ifindex};
+    struct endpoint_info *ep = endpoints.lookup(&ek);
+    if (!ep)
+        return TC_ACT_OK;  /* not an endpoint device (yet): not ours to judge */
+
+    struct pkt p = {};
+    if (!parse_ipv4(skb, &p))
+        return TC_ACT_OK;  /* ARP, IPv6, ...: pass */
+
+    struct flow_ctx fc = {};
+    fc.ifindex = skb->ifindex;
+    fc.ep_id = (__u16)ep->ep_id;
+    fc.direction = dir;
+
+    /* Peer identity: ipcache by the peer's address; unknown addresses are
+     * "world", as in Cilium. */
+    __u32 peer_addr = dir == WB_DIR_INGRESS ? p.saddr : p.daddr;
+    struct ipcache_key ik = {.prefixlen = 32, .addr = peer_addr};
+    struct ipcache_value *iv = ipcache.lookup(&ik);
+    __u32 peer_identity = iv ? iv->identity : WB_ID_WORLD;
+    if (dir == WB_DIR_INGRESS) {
+        fc.src_identity = peer_identity;
+        fc.dst_identity = ep->identity;
+    } else {
+        fc.src_identity = ep->identity;
+        fc.dst_identity = peer_identity;
+    }
+
+    if (dir == WB_DIR_EGRESS && p.saddr != ep->ipv4)
+        return drop(&p, &fc, WB_DROP_INVALID_SOURCE_IP);
+
+    __u64 now = bpf_ktime_get_ns();
+    struct ct_key key = {};
+    struct ct_value *ct = 0;
+    int state = ct_lookup(&p, dir, now, &key, &ct);
+    if (state != WB_CT_NEW && ct) {
+        fc.is_reply = state == WB_CT_REPLY;
+        __u8 report = ct_account(ct, &p, fc.is_reply, now);
+        if (report)
+            emit_conn(&key, ct, &p, &fc, report);
+        count_verdict(WB_VERDICT_FORWARDED, dir, 0, p.len);
+        return TC_ACT_OK;
+    }
+
+    /* A new connection: the policy decides. */
+    struct policy_result res = {.outcome = WB_POLICY_ALLOW, .match_type = WB_MATCH_ALL};
+    __u8 gen = active_generation();
+    if (policy_enforced(gen, dir, fc.ep_id))
+        policy_lookup(gen, dir, fc.ep_id, peer_identity, p.proto, p.dport, p.len, &res);
+
+    __u8 verdict = res.proxy_port ? WB_VERDICT_REDIRECTED : WB_VERDICT_FORWARDED;
+    __u16 reason = 0;
+    if (res.outcome != WB_POLICY_ALLOW) {
+        reason = res.outcome == WB_POLICY_DENY_MATCH ? WB_DROP_POLICY_DENY : WB_DROP_POLICY_DENIED;
+        if (!(ep->flags & WB_EP_AUDIT)) {
+            emit_event(&p, &fc, WB_EVENT_POLICY_VERDICT, WB_VERDICT_DROPPED, reason, res.match_type, 0, 0);
+            return drop(&p, &fc, reason);
+        }
+        /* audit: the packet passes, the would-be reason is reported */
+        verdict = WB_VERDICT_AUDIT;
+        res.proxy_port = 0;
+    }
+    emit_event(&p, &fc, WB_EVENT_POLICY_VERDICT, verdict, reason, res.match_type, res.proxy_port, 0);
+    ct_create(&key, &p, now, fc.src_identity, fc.dst_identity, fc.ep_id, verdict, res.match_type,
+              res.proxy_port);
+    emit_event(&p, &fc, WB_EVENT_TRACE, verdict, reason, res.match_type, res.proxy_port, 0);
+    count_verdict(verdict, dir, reason, p.len);
+    return TC_ACT_OK;
+}
+
+int from_container(struct __sk_buff *skb)
+{
+    return handle(skb, WB_DIR_EGRESS);
+}
+
+int to_container(struct __sk_buff *skb)
+{
+    return handle(skb, WB_DIR_INGRESS);
+}

@@ -1,0 +1,197 @@
+"""The lab's endpoint datapath: compile bpf/lxc.bpf.c once, attach it to every lxc device.
+
+A :class:`Datapath` belongs to one agent process. Programs stay attached and
+maps stay pinned when that process dies (TC holds the programs, bpffs the
+maps), so policy keeps being enforced; the next agent makes a new Datapath and
+calls :meth:`Datapath.reattach_all`, which swaps its freshly loaded programs in
+with ``tc filter replace`` (no moment without a program).
+
+Example::
+
+    >>> dp = Datapath("demo", "wb-demo-node")                     # doctest: +SKIP
+    >>> dp.attach_endpoint(endpoint)                               # doctest: +SKIP
+    >>> dp.policy_writer().apply(entries, {(endpoint.id, "ingress")})  # doctest: +SKIP
+    >>> dp.close()                                                 # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from pyroute2 import IPRoute
+from pyroute2.netlink.exceptions import NetlinkError
+
+from .. import netlink
+from ..errors import NotFoundError
+from ..model import Endpoint
+from . import build, layout
+from .policymap import PolicyMapWriter
+
+ENTRY_FILE = "lxc.bpf.c"
+# (program, clsact parent): TC ingress on lxc sees what the pod sends.
+PROGRAMS = (("from_container", "ffff:fff2"), ("to_container", "ffff:fff3"))
+# Our filters' place on the lxc device; user programs (%%ebpf tc) use other prios.
+FILTER_PRIO = 1
+FILTER_HANDLE = ":1"
+
+
+def map_max_entries(fd: int) -> int:
+    """max_entries of an open map as the kernel has it (a pinned map keeps its first size)."""
+    for line in Path(f"/proc/self/fdinfo/{fd}").read_text().splitlines():
+        if line.startswith("max_entries:"):
+            return int(line.split()[1])
+    raise RuntimeError(f"fd {fd} is not a BPF map")
+
+
+class Datapath:
+    """The compiled lxc programs of one lab and its pinned maps, for one agent process.
+
+    Sizes are compile-time options (cflags): ``policy_max`` (both policy
+    generations together), ``enforce_max``, ``ct_max``, and any ``cflags``
+    (e.g. ``-DCT_REPORT_INTERVAL_NS=1000000000``). A map that is already pinned
+    keeps its size; :attr:`PolicyMapWriter.capacity` reports the real one.
+    """
+
+    def __init__(self, lab: str, node_netns: str, *, policy_max: int = 65536, enforce_max: int = 16384,
+                 ct_max: int = 65536, cflags: list[str] | None = None) -> None:
+        from bcc import BPF
+
+        self.lab = lab
+        self.node_netns = node_netns
+        flags = [f"-DPOLICY_MAX={policy_max}", f"-DENFORCE_MAX={enforce_max}", f"-DCT_MAX={ct_max}",
+                 *(cflags or [])]
+        self.bpf = build.compile_inlined(ENTRY_FILE, lab, flags)
+        self._programs = {name: self.bpf.load_func(name, BPF.SCHED_CLS) for name, _ in PROGRAMS}
+        self._writer: PolicyMapWriter | None = None
+        self._ring_open = False
+
+    # -- attaching -------------------------------------------------------------------------
+    def _write_endpoint(self, ep: Endpoint, ifindex: int) -> None:
+        table = self.bpf["endpoints"]
+        key = table.Key(ifindex)
+        flags = 0
+        try:
+            flags = int(table[key].flags)  # keep audit mode across re-attach
+        except KeyError:
+            pass
+        table[key] = table.Leaf(ep.id, ep.identity, build.ipv4_be(ep.ipv4), flags)
+
+    @netlink.off_event_loop
+    def attach_endpoint(self, ep: Endpoint) -> None:
+        """Write the endpoint's facts and attach both programs to ``ep.lxc`` in the node netns.
+
+        Uses ``tc filter replace`` on a fixed prio/handle, so attaching again
+        (or from a new agent) swaps the program without a gap. Sets
+        ``ep.ifindex`` when it was 0.
+        """
+        with IPRoute(netns=self.node_netns) as ipr:
+            try:
+                index = netlink.link_index(ipr, ep.lxc)
+            except NetlinkError as err:
+                raise NotFoundError(f"no device {ep.lxc} in {self.node_netns} for endpoint {ep.id} "
+                                    f"({ep.namespace}/{ep.pod})") from err
+            ep.ifindex = ep.ifindex or index
+            # the facts first: with the programs in place, every packet is judged
+            self._write_endpoint(ep, index)
+            netlink.ensure_clsact(ipr, index)
+            for name, parent in PROGRAMS:
+                fn = self._programs[name]
+                ipr.tc("replace-filter", "bpf", index, FILTER_HANDLE, fd=fn.fd, name=name, parent=parent,
+                       classid=1, direct_action=True, prio=FILTER_PRIO)
+
+    @netlink.off_event_loop
+    def detach_endpoint(self, ep: Endpoint) -> None:
+        """Remove both filters and the endpoint's facts. Idempotent (a gone device is fine)."""
+        with IPRoute(netns=self.node_netns) as ipr:
+            found = ipr.link_lookup(ifname=ep.lxc)
+            index = int(found[0]) if found else ep.ifindex
+            if found:
+                for _, parent in PROGRAMS:
+                    try:
+                        ipr.tc("del-filter", "bpf", index, FILTER_HANDLE, parent=parent, prio=FILTER_PRIO)
+                    except NetlinkError as err:
+                        if err.code not in (errno.ENOENT, errno.EINVAL, errno.ENODEV):
+                            raise
+        if index:
+            try:
+                del self.bpf["endpoints"][self.bpf["endpoints"].Key(index)]
+            except KeyError:
+                pass
+
+    def reattach_all(self, eps: list[Endpoint]) -> None:
+        """Swap this process's programs in on every endpoint (a restarted agent calls this)."""
+        for ep in eps:
+            self.attach_endpoint(ep)
+
+    def set_audit(self, ep_id: int | None, on: bool) -> None:
+        """Audit mode for one endpoint (or all with ``None``): policy drops pass as AUDIT."""
+        table = self.bpf["endpoints"]
+        found = False
+        for key, info in list(table.items()):
+            if ep_id is not None and int(info.ep_id) != ep_id:
+                continue
+            found = True
+            flags = int(info.flags)
+            flags = flags | layout.EP_AUDIT if on else flags & ~layout.EP_AUDIT
+            table[key] = table.Leaf(info.ep_id, info.identity, info.ipv4, flags)
+        if ep_id is not None and not found:
+            known = sorted(int(v.ep_id) for v in table.values())
+            raise NotFoundError(f"no endpoint {ep_id} in lab {self.lab}; endpoints: {known}")
+
+    # -- policy ----------------------------------------------------------------------------
+    def policy_writer(self) -> PolicyMapWriter:
+        if self._writer is None:
+            self._writer = PolicyMapWriter(
+                self.bpf, map_max_entries(self.bpf["policy"].map_fd),
+                map_max_entries(self.bpf["policy_enforce"].map_fd), self.lab)
+        return self._writer
+
+    # -- observing -------------------------------------------------------------------------
+    def open_events(self, callback: Callable[[np.ndarray], None]) -> None:
+        """Call ``callback`` with each flow event (a 1-record array of FLOW_EVENT_DTYPE) on :meth:`poll_events`."""
+
+        def on_event(_ctx: Any, data: Any, size: int) -> int:
+            callback(np.frombuffer(ctypes.string_at(data, size), dtype=layout.FLOW_EVENT_DTYPE, count=1))
+            return 0
+
+        self.bpf["events"].open_ring_buffer(on_event)
+        self._ring_open = True
+
+    def poll_events(self, timeout_ms: int = 100) -> None:
+        """Deliver pending events to the callback given to :meth:`open_events`."""
+        self.bpf.ring_buffer_poll(timeout_ms)
+
+    def metrics(self) -> pd.DataFrame:
+        """Datapath counters summed over CPUs: verdict, direction, drop_reason, packets, bytes."""
+        rows = []
+        for key, per_cpu in self.bpf["metrics"].items():
+            rows.append({
+                "verdict": layout.VERDICT_NAMES.get(int(key.verdict), str(key.verdict)),
+                "direction": layout.DIRECTION_NAMES.get(int(key.direction), str(key.direction)),
+                "drop_reason": int(key.reason),
+                "drop_reason_desc": layout.DROP_REASON_NAMES.get(int(key.reason), str(key.reason)),
+                "packets": sum(int(v.packets) for v in per_cpu),
+                "bytes": sum(int(v.bytes) for v in per_cpu),
+            })
+        return pd.DataFrame(rows, columns=["verdict", "direction", "drop_reason", "drop_reason_desc",
+                                           "packets", "bytes"])
+
+    def lost_events(self) -> int:
+        """Ring-buffer records the programs could not reserve (all CPUs)."""
+        return sum(int(v) for v in self.bpf["events_lost"][self.bpf["events_lost"].Key(0)])
+
+    def close(self) -> None:
+        """Release this process's fds. Programs stay attached and maps pinned."""
+        self.bpf.cleanup()
+
+    def __enter__(self) -> Datapath:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
