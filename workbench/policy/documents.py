@@ -134,14 +134,14 @@ def parse_document(raw: Any, ref: DocRef) -> PolicyDocument:
     if api_version != API_VERSIONS[kind]:
         raise ref.error("apiVersion", f"{kind} needs apiVersion {API_VERSIONS[kind]}, got {api_version!r}")
 
-    spec_fields = {"spec", "specs"} if kind != KNP_KIND else {"spec"}
-    fields = Fields(ref, "", raw, allowed={"apiVersion", "kind", "metadata", "status"} | spec_fields,
-                    unsupported={"specs": "NetworkPolicy has no specs; use spec"} if kind == KNP_KIND else {})
     metadata = Fields(ref, "metadata", raw.get("metadata"), allowed=_METADATA_FIELDS,
                       unsupported=_METADATA_UNSUPPORTED)
     namespace = _namespace(ref, metadata, kind)
     if namespace:
         ref = DocRef(ref.index, kind, f"{namespace}/{name}", ref.source)
+    spec_fields = {"spec", "specs"} if kind != KNP_KIND else {"spec"}
+    fields = Fields(ref, "", raw, allowed={"apiVersion", "kind", "metadata", "status"} | spec_fields,
+                    unsupported={"specs": "NetworkPolicy has no specs; use spec"} if kind == KNP_KIND else {})
 
     specs: list[PolicySpec] = []
     if kind == KNP_KIND:
