@@ -88,6 +88,8 @@ class Agent:
         self.frontends: list[Frontend] = []
         self.observers: list[EndpointObserver] = []
         self.methods: dict[str, Method] = {}
+        # (ingress, egress) enforcement of an endpoint; the policy layer sets it.
+        self.enforcement: Callable[[Endpoint], tuple[bool, bool]] | None = None
         self.status = "starting"
         self.started = time.time()
         self.build_seconds = 0.0
@@ -224,12 +226,16 @@ class Agent:
         self.register_method("agent.methods", lambda: sorted(self.methods))
         self.register_method("agent.shutdown", self._shutdown)
         self.register_method("lab.status", self.status_dict)
-        self.register_method("endpoint.list", lambda: [ep.to_dict() for ep in self.endpoints.values()])
-        self.register_method("endpoint.get", lambda pod: self.endpoint(pod).to_dict())
+        self.register_method("endpoint.list", lambda: [self.endpoint_dict(ep) for ep in self.endpoints.values()])
+        self.register_method("endpoint.get", lambda pod: self.endpoint_dict(self.endpoint(pod)))
         self.register_method("service.list", lambda: [svc.to_dict() for svc in self.services])
         self.register_method("identity.list", lambda: [{"id": i.id, "labels": list(i.labels)}
                                                        for i in self.identities.all()])
         self.register_method("lb.list", lambda: self.lb.frontend_entries() if self.lb else [])
+
+    def endpoint_dict(self, ep: Endpoint) -> dict[str, Any]:
+        ingress, egress = self.enforcement(ep) if self.enforcement else (False, False)
+        return {**ep.to_dict(), "ingress_enforcement": ingress, "egress_enforcement": egress}
 
     def status_dict(self) -> dict[str, Any]:
         return {

@@ -18,6 +18,7 @@ from typing import Any, Protocol, runtime_checkable
 COMMAND_MODULES = [
     "workbench.status_cmd",
     "workbench.kernelspec",
+    "workbench.lab_cmd",
 ]
 
 

@@ -91,6 +91,6 @@ def lab_status(name: str = state.DEFAULT_LAB) -> dict[str, Any]:
         return dict(client.call("lab.status"))
     if state.leftovers(name):
         return {"lab": name, "status": "broken",
-                "detail": "the agent is not running but lab state exists; run `workbench lab down` "
-                          f"--name {name} (or lab up again)"}
+                "detail": "the agent is not running but lab state exists; run `workbench lab down "
+                          f"--name {name}` (or lab up again)"}
     return {"lab": name, "status": "down"}

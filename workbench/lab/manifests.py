@@ -112,7 +112,8 @@ class _Doc:
 
     def __init__(self, source: str, index: int, body: dict[str, Any]) -> None:
         self.source, self.index, self.body = source, index, body
-        meta = body.get("metadata") if isinstance(body.get("metadata"), dict) else {}
+        raw_meta = body.get("metadata")
+        meta: dict[str, Any] = raw_meta if isinstance(raw_meta, dict) else {}
         self.kind = str(body.get("kind", "?"))
         self.name = str(meta.get("name", "?"))
         self.warnings: list[str] = []
