@@ -16,7 +16,7 @@ from typing import Any
 
 from .errors import NotFoundError, PrivilegeError, SetupError, ValidationError, WorkbenchError
 
-__all__ = ["status", "WorkbenchError", "SetupError", "PrivilegeError", "NotFoundError", "ValidationError",
+__all__ = ["status", "Lab", "WorkbenchError", "SetupError", "PrivilegeError", "NotFoundError", "ValidationError",
            "load_ipython_extension"]
 __version__ = "0.1.0"
 
@@ -26,6 +26,15 @@ def status() -> Any:
     from .preflight import run_preflight
 
     return run_preflight()
+
+
+def __getattr__(name: str) -> Any:
+    # `wb.Lab` imports the lab layer (pandas, the agent client) only when first used.
+    if name == "Lab":
+        from .api import Lab
+
+        return Lab
+    raise AttributeError(f"module 'workbench' has no attribute {name!r}")
 
 
 def load_ipython_extension(ipython: Any) -> None:
