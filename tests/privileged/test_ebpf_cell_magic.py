@@ -39,7 +39,7 @@ XDP_DROP_ICMP = """\
 #include <uapi/linux/ip.h>
 #include <uapi/linux/in.h>
 
-int guard(struct xdp_md *ctx) {
+int icmp_guard(struct xdp_md *ctx) {
     void *data = (void *)(long)ctx->data;
     void *end = (void *)(long)ctx->data_end;
     struct ethhdr *eth = data;
@@ -53,6 +53,8 @@ int guard(struct xdp_md *ctx) {
 """
 
 TC_COUNT = """\
+#include <uapi/linux/pkt_cls.h>
+
 BPF_HASH(bytes_by_proto, u32, u64);
 
 int tc_count(struct __sk_buff *skb) {
@@ -167,3 +169,305 @@ def test_xdp_counter_counts_real_pings(ip, pair):
     assert "xdp_count" in html and "counts" in html and b in html
     listing = ip.run_line_magic("ebpf", "programs")
     assert listing["name"].tolist() == ["xdp_count"] and listing["prog_id"][0] == prog.prog_id
+
+
+def xdp_attached_ids(ns: str, dev: str) -> list[int]:
+    """Program ids attached as XDP to ``dev``, as ip(8) reports them (an observer independent of the code)."""
+    import json
+
+    out = json.loads(sh("ip", "-n", ns, "-j", "link", "show", dev).stdout)[0]
+    xdp = out.get("xdp") or {}
+    return [int(entry["prog"]["id"]) for entry in xdp.get("attached", [])]
+
+
+def test_xdp_drop_then_rerun_with_pass_restores_ping_atomically(ip, pair):
+    a, b = pair
+    assert ping(a, 1)
+    dropper = ip.run_cell_magic("ebpf", f"xdp --dev b0 --netns {b} -D VERDICT=XDP_DROP", XDP_DROP_ICMP)
+    assert not ping(a, 1)
+    assert xdp_attached_ids(b, "b0") == [dropper.prog_id]
+    passer = ip.run_cell_magic("ebpf", f"xdp --dev b0 --netns {b} -D VERDICT=XDP_PASS", XDP_DROP_ICMP)
+    assert passer.prog_id != dropper.prog_id
+    assert ping(a, 2)
+    assert xdp_attached_ids(b, "b0") == [passer.prog_id]
+    assert programs.manager().names() == ["icmp_guard"]
+
+
+def test_tc_egress_counter_sees_the_replies(ip, pair):
+    a, b = pair
+    prog = ip.run_cell_magic("ebpf", f"tc --direction egress --dev b0 --netns {b} --name replies", TC_COUNT)
+    assert prog.name == "replies" and prog.function == "tc_count"
+    assert ping(a, 3)
+    frame = prog.maps["bytes_by_proto"].to_frame()
+    ipv4 = frame[frame["key"] == 0x0008]        # skb->protocol is network order: ETH_P_IP read on little endian
+    # Each echo reply: 14 (Ethernet) + 20 (IPv4) + 8 (ICMP) + 9 bytes of payload.
+    assert not ipv4.empty and int(ipv4["value"].iloc[0]) >= 3 * 51
+    filters = sh("tc", "-n", b, "filter", "show", "dev", "b0", "egress").stdout
+    assert "wb-user-replies" in filters
+    ip.run_line_magic("ebpf", "detach replies")
+    assert "wb-user-replies" not in sh("tc", "-n", b, "filter", "show", "dev", "b0", "egress").stdout
+
+
+CGROUP_COUNT = """\
+#include <uapi/linux/if_ether.h>
+
+BPF_ARRAY(packets, u64, 2);
+
+int cg_count(struct __sk_buff *skb) {
+    int key = skb->protocol == htons(ETH_P_IP) ? 0 : 1;
+    u64 *value = packets.lookup(&key);
+    if (value)
+        __sync_fetch_and_add(value, 1);
+    return 1;   /* allow */
+}
+"""
+
+
+def test_cgroup_skb_counts_traffic_of_a_process_in_the_cgroup(ip, pair, cgroup):
+    a, _ = pair
+    prog = ip.run_cell_magic("ebpf", f"cgroup_skb --direction egress --cgroup {cgroup}", CGROUP_COUNT)
+    assert prog.target.startswith(str(cgroup))
+    assert ping(a, 2)                           # this ping's process is not in the cgroup
+    assert counts(prog, "packets") == 0
+    script = f"echo $$ > {cgroup}/cgroup.procs && exec ip netns exec {a} {sys.executable} -c \"$0\" {B_IP} 3"
+    assert subprocess.run(["sh", "-c", script, PING], capture_output=True).returncode == 0
+    frame = prog.maps["packets"].to_frame()
+    assert frame["key"].tolist() == [0, 1] and int(frame["value"][0]) >= 3
+
+
+TCP_STATES = """\
+#include <uapi/linux/in.h>
+
+BPF_HASH(states, u32, u64);
+
+TRACEPOINT_PROBE(sock, inet_sock_set_state) {
+    if (args->protocol != IPPROTO_TCP)
+        return 0;
+    u32 state = args->newstate;
+    states.increment(state);
+    return 0;
+}
+"""
+
+
+def test_tracepoint_on_tcp_state_changes_into_a_dataframe(ip, pair):
+    a, _ = pair
+    prog = ip.run_cell_magic("ebpf", "tracepoint sock:inet_sock_set_state --name tcp_states", TCP_STATES)
+    assert prog.target == "sock:inet_sock_set_state"
+    # A TCP connect to a closed port inside the test netns: SYN_SENT (2) then CLOSE (7).
+    connect = "import socket; s = socket.socket(); s.settimeout(1); print(s.connect_ex(('10.99.0.2', 9)))"
+    sh("ip", "netns", "exec", a, sys.executable, "-c", connect)
+    frame = prog.maps["states"].to_frame()
+    seen = dict(zip(frame["key"], frame["value"], strict=True))
+    assert seen.get(2, 0) >= 1 and seen.get(7, 0) >= 1
+    # Re-running replaces it: still one program, and the old perf attachment is gone.
+    again = ip.run_cell_magic("ebpf", "tracepoint sock:inet_sock_set_state --name tcp_states", TCP_STATES)
+    assert programs.manager().names() == ["tcp_states"] and again.prog_id != prog.prog_id
+    assert prog.bpf.module is None
+
+
+def test_compile_error_names_the_cell_line_and_keeps_the_previous_program(ip, pair):
+    a, b = pair
+    prog = ip.run_cell_magic("ebpf", f"xdp --dev b0 --netns {b}", XDP_COUNT)
+    broken = XDP_COUNT.replace("return XDP_PASS;", "return XDP_PASS + no_such_name;")
+    with pytest.raises(UsageError) as err:
+        ip.run_cell_magic("ebpf", f"xdp --dev b0 --netns {b}", broken)
+    text = str(err.value)
+    first = text.splitlines()[0]
+    assert first.startswith("compile error at cell line 8") and "no_such_name" in first
+    assert "cell line 8, col" in text and "/virtual/main.c" not in text
+    assert programs.manager().get("xdp_count") is prog
+    assert xdp_attached_ids(b, "b0") == [prog.prog_id]
+    before = counts(prog)
+    assert ping(a, 2)
+    assert counts(prog) >= before + 2
+
+
+OUT_OF_BOUNDS = """\
+BPF_ARRAY(counts, u64, 1);
+
+int xdp_count(struct xdp_md *ctx) {
+    unsigned char *data = (void *)(long)ctx->data;
+    return data[100] == 1 ? XDP_DROP : XDP_PASS;
+}
+"""
+
+
+def test_verifier_rejection_shows_the_log_and_keeps_the_previous_program(ip, pair):
+    a, b = pair
+    prog = ip.run_cell_magic("ebpf", f"xdp --dev b0 --netns {b}", XDP_COUNT)
+    with pytest.raises(UsageError) as err:
+        ip.run_cell_magic("ebpf", f"xdp --dev b0 --netns {b}", OUT_OF_BOUNDS)
+    text = str(err.value)
+    assert text.splitlines()[0].startswith("verifier rejected xdp_count as xdp:")
+    assert "invalid access to packet" in text and "(cell line 5)" in text
+    assert xdp_attached_ids(b, "b0") == [prog.prog_id]
+    assert ping(a, 1)
+
+
+@pytest.mark.parametrize("line, message", [
+    ("xdp --dev b0 --netns {b} --frobnicate", "unrecognized arguments: --frobnicate"),
+    ("xdp --dev nosuchdev --netns {b}", "no device 'nosuchdev' in netns"),
+    ("tc --direction ingress --dev b0 --netns {b}", "is a xdp program by its context argument"),
+    ("xdp --dev b0", "never attach in the machine's own netns"),
+    ("xdp --pod deathstar --lab nosuchlab", "pod 'deathstar': lab nosuchlab is not up"),
+])
+def test_bad_input_is_one_line_and_changes_nothing(ip, pair, line, message):
+    a, b = pair
+    prog = ip.run_cell_magic("ebpf", f"xdp --dev b0 --netns {b}", XDP_COUNT)
+    with pytest.raises(UsageError) as err:
+        ip.run_cell_magic("ebpf", line.format(b=b), XDP_COUNT)
+    assert message in str(err.value) and "\n" not in str(err.value)
+    assert programs.manager().names() == ["xdp_count"]
+    assert xdp_attached_ids(b, "b0") == [prog.prog_id]
+    assert ping(a, 1) and counts(prog) >= 1
+
+
+def test_programs_listing_and_detach(ip, pair):
+    a, b = pair
+    ip.run_cell_magic("ebpf", f"xdp --dev b0 --netns {b}", XDP_COUNT)
+    ip.run_cell_magic("ebpf", f"tc --direction egress --dev b0 --netns {b}", TC_COUNT)
+    listing = ip.run_line_magic("ebpf", "programs")
+    assert listing["name"].tolist() == ["xdp_count", "tc_count"]
+    assert list(listing.columns) == ["name", "type", "target", "function", "attached_at", "pinned", "prog_id"]
+    assert listing["type"].tolist() == ["xdp", "tc egress"] and not listing["pinned"].any()
+    with pytest.raises(UsageError, match="no program 'nope'.*xdp_count, tc_count"):
+        ip.run_line_magic("ebpf", "detach nope")
+    ip.run_line_magic("ebpf", "detach xdp_count")
+    assert xdp_attached_ids(b, "b0") == []
+    assert ip.run_line_magic("ebpf", "programs")["name"].tolist() == ["tc_count"]
+
+
+def test_pinned_program_survives_shutdown_until_detached(ip, pair):
+    a, b = pair
+    prog = ip.run_cell_magic("ebpf", f"xdp --dev b0 --netns {b} --pin --name pinned_counter", XDP_COUNT)
+    pins = programs.USER_PIN_DIR / "pinned_counter"
+    try:
+        assert (pins / "prog").exists() and (pins / "counts").exists()
+        programs.manager().shutdown()             # what the kernel's exit does
+        assert programs.manager().names() == []
+        assert xdp_attached_ids(b, "b0") == [prog.prog_id]   # still attached: pinned
+    finally:
+        sh("ip", "-n", b, "link", "set", "b0", "xdpgeneric", "off", check=False)
+        programs._unpin("pinned_counter")
+    assert not pins.exists()
+
+
+def test_kernel_exit_detaches_everything_not_pinned(pair):
+    """A separate IPython process attaches XDP and TC, then exits: both are gone afterwards."""
+    a, b = pair
+    script = f"""
+from IPython.testing.globalipapp import get_ipython
+ip = get_ipython()
+ip.run_line_magic("load_ext", "workbench")
+ip.run_cell_magic("ebpf", "xdp --dev b0 --netns {b}", {XDP_COUNT!r})
+ip.run_cell_magic("ebpf", "tc --direction ingress --dev b0 --netns {b}", {TC_COUNT!r})
+print("attached")
+"""
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert "attached" in proc.stdout, proc.stderr
+    assert xdp_attached_ids(b, "b0") == []
+    assert "wb-user" not in sh("tc", "-n", b, "filter", "show", "dev", "b0", "ingress").stdout
+
+
+def test_without_privileges_one_line_and_nothing_attached(pair):
+    a, b = pair
+    script = f"""
+from IPython.testing.globalipapp import get_ipython
+from IPython.core.error import UsageError
+ip = get_ipython()
+ip.run_line_magic("load_ext", "workbench")
+try:
+    ip.run_cell_magic("ebpf", "xdp --dev b0 --netns {b}", {XDP_COUNT!r})
+except UsageError as err:
+    print("USAGE:", err)
+"""
+    proc = subprocess.run(["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", sys.executable, "-c",
+                           script], capture_output=True, text=True, timeout=120, cwd="/")
+    assert "USAGE: %%ebpf needs root" in proc.stdout, proc.stdout + proc.stderr
+    assert xdp_attached_ids(b, "b0") == []
+
+
+def test_live_view_refreshes_in_place_and_stops(ip, pair):
+    a, b = pair
+    prog = ip.run_cell_magic("ebpf", f"xdp --dev b0 --netns {b}", XDP_COUNT)
+    view = prog.maps["counts"].live(interval=0.1)
+    try:
+        first = view.html.value
+        assert ping(a, 2)
+        deadline = time.time() + 5
+        while view.html.value == first and time.time() < deadline:
+            time.sleep(0.05)
+        assert view.html.value != first and view.refreshes >= 2
+    finally:
+        view.stop()
+    assert not view.running
+    frozen = view.refreshes
+    time.sleep(0.3)
+    assert view.refreshes == frozen
+
+
+def test_pod_target_without_a_lab_is_a_clear_not_found():
+    from workbench.errors import NotFoundError
+
+    with pytest.raises(NotFoundError, match=f"pod 'deathstar': lab nolab{os.getpid()} is not up"):
+        programs.resolve_pod_target("deathstar", lab=f"nolab{os.getpid()}")
+
+
+POD_MANIFESTS = """\
+apiVersion: v1
+kind: Pod
+metadata: {name: client, labels: {app: client}}
+spec: {containers: [{name: c, image: busybox}]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: server, labels: {app: server}}
+spec: {containers: [{name: c, image: nginx, ports: [{containerPort: 80}]}]}
+"""
+
+
+@pytest.fixture(scope="module")
+def lab():
+    import workbench as wb
+
+    name = f"m{uuid.uuid4().hex[:4]}"
+    lab = wb.Lab.up(POD_MANIFESTS, name=name)
+    try:
+        yield lab
+    finally:
+        programs.manager().detach_all()
+        lab.down()
+
+
+def curl_server(lab) -> str:
+    server_ip = lab.endpoints.set_index("pod").loc["server", "ipv4"]
+    return lab.exec("client", f"curl -s -m 3 http://{server_ip}/").stdout
+
+
+def test_pod_targets_the_pods_eth0_its_node_side_lxc_and_its_cgroup(ip, lab):
+    ep = lab.call("endpoint.get", pod="server")
+    xdp = ip.run_cell_magic("ebpf", f"xdp --pod server --lab {lab.name}", XDP_COUNT)
+    assert xdp.target == f"{ep['netns']}/eth0"
+    cg = ip.run_cell_magic("ebpf", f"cgroup_skb --direction egress --pod client --lab {lab.name}", CGROUP_COUNT)
+    assert cg.target.startswith(lab.call("endpoint.get", pod="client")["cgroup"])
+    tc = ip.run_cell_magic("ebpf", f"tc --direction ingress --pod server --lxc --lab {lab.name}", TC_COUNT)
+    assert tc.target == f"wb-{lab.name}-node/{ep['lxc']} ingress"
+    try:
+        assert '"pod": "server"' in curl_server(lab)
+        assert counts(xdp) >= 3                          # SYN, ACK, request, ... arrive at the server's eth0
+        assert counts(cg, "packets") >= 3                # the client's curl runs in the client's cgroup
+        filters = sh("tc", "-n", f"wb-{lab.name}-node", "filter", "show", "dev", ep["lxc"], "ingress").stdout
+        assert "wb-user-tc_count" in filters
+    finally:
+        for name in ("xdp_count", "cg_count", "tc_count"):
+            ip.run_line_magic("ebpf", f"detach {name}")
+    assert "wb-user" not in sh("tc", "-n", f"wb-{lab.name}-node", "filter", "show", "dev", ep["lxc"], "ingress").stdout
+    assert '"pod": "server"' in curl_server(lab)          # the lab's own datapath is untouched
+
+
+def test_missing_pod_lists_the_lab_pods(ip, lab):
+    with pytest.raises(UsageError) as err:
+        ip.run_cell_magic("ebpf", f"xdp --pod nosuchpod --lab {lab.name}", XDP_COUNT)
+    assert "nosuchpod" in str(err.value) and "client" in str(err.value) and "\n" not in str(err.value)
+    assert programs.manager().names() == []

@@ -162,15 +162,57 @@ _COMPILER_LOCATION = re.compile(r"/virtual/main\.c:(\d+):(\d+)")
 _VERIFIER_SOURCE = re.compile(r"^; (.*?) @ [\w./-]+:(\d+)\s*$")
 
 
-def rewrite_compiler_output(output: str) -> str:
+def _cell_line(reported: int, snippet: str, cell_lines: list[str]) -> int | None:
+    """The cell line clang meant: BCC's rewriter inserts code (TRACEPOINT_PROBE's args struct),
+    so the reported line can be past the cell's; the quoted source text is the reliable key."""
+    text = snippet.strip()
+    if 1 <= reported <= len(cell_lines) and (not text or cell_lines[reported - 1] == text):
+        return reported
+    candidates = [i + 1 for i, line in enumerate(cell_lines) if text and line == text]
+    if not candidates:
+        return None
+    before = [c for c in candidates if c <= reported]
+    return before[-1] if before else candidates[0]
+
+
+def _map_locations(output: str, cell: str) -> list[tuple[str, int | None, str]]:
+    """(output line, cell line or None, column) per output line that names /virtual/main.c."""
+    cell_lines = [ln.strip() for ln in cell.splitlines()]
+    lines = output.splitlines()
+    mapped: list[tuple[str, int | None, str]] = []
+    for i, line in enumerate(lines):
+        m = _COMPILER_LOCATION.search(line)
+        if not m:
+            mapped.append((line, None, ""))
+            continue
+        snippet = lines[i + 1] if i + 1 < len(lines) else ""
+        mapped.append((line, _cell_line(int(m.group(1)), snippet, cell_lines), m.group(2)))
+    return mapped
+
+
+def rewrite_compiler_output(output: str, cell: str = "") -> str:
     """Compiler diagnostics with BCC's virtual file name replaced by cell line numbers."""
-    return _COMPILER_LOCATION.sub(lambda m: f"cell line {m.group(1)}, col {m.group(2)}", output).strip()
+    out: list[str] = []
+    for line, cell_line, col in _map_locations(output, cell) if cell else [(ln, None, "") for ln in output.splitlines()]:
+        m = _COMPILER_LOCATION.search(line)
+        if m and cell:
+            where = f"cell line {cell_line}, col {col}" if cell_line else "code BCC generated"
+            line = line[:m.start()] + where + line[m.end():]
+        elif m:
+            line = _COMPILER_LOCATION.sub(lambda g: f"cell line {g.group(1)}, col {g.group(2)}", line)
+        out.append(line)
+    return "\n".join(out).strip()
 
 
-def first_error_line(output: str) -> int | None:
+def first_error_line(output: str, cell: str = "") -> int | None:
     """The cell line of the first error in compiler output, when there is one."""
-    m = re.search(r"/virtual/main\.c:(\d+):\d+: (?:fatal )?error", output)
-    return int(m.group(1)) if m else None
+    for line, cell_line, _ in _map_locations(output, cell or ""):
+        if _COMPILER_LOCATION.search(line) and re.search(r": (?:fatal )?error", line):
+            if cell:
+                return cell_line
+            m = _COMPILER_LOCATION.search(line)
+            return int(m.group(1)) if m else None
+    return None
 
 
 def verifier_excerpt(log: str, cell: str, tail: int = 20) -> str:

@@ -31,7 +31,7 @@ from typing import Any
 import pandas as pd
 
 from .. import system
-from ..errors import NotFoundError, PrivilegeError, ValidationError
+from ..errors import NotFoundError, PrivilegeError, ValidationError, WorkbenchError
 from . import attach as hooks
 from .cellargs import CellSpec
 from .cellsource import (
@@ -115,32 +115,32 @@ def _safe_len(view: MapView) -> str:
 def resolve_pod_target(pod: str, lab: str | None = None, lxc: bool = False) -> tuple[str, str, str]:
     """(netns, device, cgroup path) of a lab pod: its eth0 in its netns, or with ``lxc`` the node-side device.
 
-    Uses the lab API (``workbench.api.Lab.connect``); raises NotFoundError
-    when there is no lab or no such pod.
+    Asks the lab's agent (``workbench.api.Lab.connect``); NotFoundError when
+    the lab is not up or has no such pod (the message lists its pods).
+
+    Example::
+
+        >>> resolve_pod_target("deathstar-0", lab="default")      # doctest: +SKIP
+        ('wb-default-deathstar-0', 'eth0', '/sys/fs/cgroup/unified/wb/default/deathstar-0')
     """
     try:
-        from .. import api  # type: ignore[attr-defined]
+        from ..api import Lab
+        from ..lab.topology import node_netns
     except ImportError:
-        raise NotFoundError(f"pod {pod!r}: no lab on this node (start one with `%ebpf lab up`); "
-                            "or attach with --dev D --netns NS") from None
+        raise NotFoundError(f"pod {pod!r}: no lab{f' {lab}' if lab else ''} on this node (start one with "
+                            "`%ebpf lab up`), or attach with --dev D --netns NS") from None
     try:
-        lab_obj = api.Lab.connect(lab) if lab else api.Lab.connect()
-    except NotFoundError:
-        raise
-    except Exception as err:
-        raise NotFoundError(f"pod {pod!r}: cannot reach the lab{f' {lab}' if lab else ''}: {err}") from None
-    endpoints = lab_obj.endpoints
-    records = endpoints.to_dict("records") if hasattr(endpoints, "to_dict") else [
-        e.to_dict() if hasattr(e, "to_dict") else dict(e) for e in endpoints]
-    matches = [r for r in records if r.get("pod") == pod]
-    if not matches:
-        pods = sorted(str(r.get("pod")) for r in records)
-        raise NotFoundError(f"no pod {pod!r} in lab {getattr(lab_obj, 'name', lab or '')}; pods: "
-                            f"{', '.join(pods) or 'none'}")
-    ep = matches[0]
+        lab_obj = Lab.connect(lab) if lab else Lab.connect()
+    except WorkbenchError as err:
+        raise NotFoundError(f"pod {pod!r}: {err}") from None
+    try:
+        ep = lab_obj.call("endpoint.get", pod=pod)
+    except WorkbenchError as err:
+        raise NotFoundError(f"pod {pod!r} in lab {lab_obj.name}: {err}") from None
+    cgroup = str(ep.get("cgroup") or "")
     if lxc:
-        return f"wb-{lab_obj.name}-node", str(ep["lxc"]), str(ep.get("cgroup") or "")
-    return str(ep["netns"]), "eth0", str(ep.get("cgroup") or "")
+        return node_netns(lab_obj.name), str(ep["lxc"]), cgroup
+    return str(ep["netns"]), "eth0", cgroup
 
 
 def _resolve_target(spec: CellSpec, fn: CFunction) -> Target:
@@ -208,8 +208,8 @@ def _compile(source: str, cflags: list[str]) -> Any:
                            verifier_excerpt(text, source)) from None
     if "Need super-user" in message:
         raise PrivilegeError("%%ebpf needs root or CAP_BPF+CAP_NET_ADMIN+CAP_SYS_ADMIN to load programs")
-    line = first_error_line(text)
-    diagnostics = rewrite_compiler_output(text) or message
+    line = first_error_line(text, source)
+    diagnostics = rewrite_compiler_output(text, source) or message
     first = next((ln for ln in diagnostics.splitlines() if "error" in ln), diagnostics.splitlines()[0])
     where = f" at cell line {line}" if line else ""
     raise ProgramError(f"compile error{where}: {first.split('error: ', 1)[-1]}", diagnostics) from None
