@@ -1,0 +1,149 @@
+"""Flows as text: Hubble's compact one-liners, an aligned table, and JSON lines.
+
+JSON lines carry exactly the §6 fields, one flow per line, and read back with
+:func:`read_json_lines` into a frame equal to the one written (dtypes
+included). A lost-events count travels as its own line
+``{"lost_events": N}``, as `hubble observe -o json` reports lost events.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from ..errors import ValidationError
+from . import schema
+
+_POLICY_WORD = {"FORWARDED": "ALLOWED", "DROPPED": "DENIED", "AUDIT": "AUDITED", "REDIRECTED": "REDIRECTED",
+                "ERROR": "ERROR"}
+
+
+def _missing(value: Any) -> bool:
+    return value is None or value is pd.NA or (isinstance(value, float) and value != value)
+
+
+def _endpoint(row: Any, side: str) -> str:
+    pod, ns = getattr(row, f"{side}_pod"), getattr(row, f"{side}_namespace")
+    port = int(getattr(row, f"{side}_port"))
+    name = f"{ns}/{pod}" if not _missing(pod) else str(getattr(row, f"{side}_ip"))
+    return f"{name}:{port}" if port else name
+
+
+def _identity(row: Any, side: str) -> str:
+    ident = int(getattr(row, f"{side}_identity"))
+    labels = getattr(row, f"{side}_labels")
+    if ident in (1, 2, 4) and labels is not None and len(labels):
+        return f"({labels[0].split(':', 1)[-1]})"
+    return f"(ID:{ident})"
+
+
+def compact_line(row: Any) -> str:
+    """One flow in Hubble's compact style.
+
+    ``Nov 26 06:40:01.123: default/xwing:41234 (ID:258) -> default/deathstar-6c94dcc57b-6chpk:80
+    (ID:257) policy-verdict:none INGRESS DENIED (TCP Flags: SYN)``
+    """
+    stamp = row.time.strftime("%b %d %H:%M:%S.") + f"{row.time.microsecond // 1000:03d}"
+    event, verdict = str(row.event_type), str(row.verdict)
+    if event == "policy-verdict":
+        what = f"policy-verdict:{row.policy_match_type} {row.traffic_direction} {_POLICY_WORD.get(verdict, verdict)}"
+    elif event == "drop":
+        what = f"{row.drop_reason_desc} DROPPED"
+    elif event == "l7":
+        kind = "http-response" if not _missing(row.http_code) else "http-request"
+        what = f"{kind} {verdict}"
+    else:
+        point = {"INGRESS": "to-endpoint", "EGRESS": "from-endpoint"}.get(str(row.traffic_direction), "trace")
+        what = f"{point} {verdict}"
+    arrow = "<-" if row.is_reply is True else "->"
+    return (f"{stamp}: {_endpoint(row, 'src')} {_identity(row, 'src')} {arrow} "
+            f"{_endpoint(row, 'dst')} {_identity(row, 'dst')} {what} ({row.summary})")
+
+
+def lost_line(frame: pd.DataFrame) -> str | None:
+    lost = int(frame.attrs.get("lost_events", 0) or 0)
+    return f"EVENTS LOST: {lost}" if lost else None
+
+
+def format_compact(frame: pd.DataFrame) -> str:
+    lines = [compact_line(row) for row in frame.itertuples(index=False)]
+    lost = lost_line(frame)
+    return "\n".join(([lost] if lost else []) + lines)
+
+
+def format_table(frame: pd.DataFrame) -> str:
+    """Aligned columns like `hubble observe -o table`."""
+    header = ["TIMESTAMP", "SOURCE", "DESTINATION", "TYPE", "VERDICT", "SUMMARY"]
+    rows = []
+    for row in frame.itertuples(index=False):
+        event = str(row.event_type)
+        if event == "policy-verdict":
+            kind = f"policy-verdict:{row.policy_match_type} {row.traffic_direction}"
+        elif event == "drop":
+            kind = str(row.drop_reason_desc)
+        elif event == "trace":
+            kind = {"INGRESS": "to-endpoint", "EGRESS": "from-endpoint"}.get(str(row.traffic_direction), "trace")
+        else:
+            kind = "http-response" if not _missing(row.http_code) else "http-request"
+        stamp = row.time.strftime("%b %d %H:%M:%S.") + f"{row.time.microsecond // 1000:03d}"
+        rows.append([stamp, _endpoint(row, "src"), _endpoint(row, "dst"), kind, str(row.verdict), str(row.summary)])
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)).rstrip() for r in [header, *rows]]
+    lost = lost_line(frame)
+    return "\n".join(([lost] if lost else []) + lines)
+
+
+def to_json_lines(frame: pd.DataFrame) -> str:
+    """One JSON object per flow with the §6 fields; nanosecond ISO times; lost events as a first line."""
+    if len(frame):
+        # pandas' own ISO writer rounds to microseconds; flows keep nanoseconds.
+        out = frame.copy()
+        stamps = frame["time"].dt.tz_convert("UTC").dt.tz_localize(None).to_numpy("datetime64[ns]")
+        out["time"] = np.char.add(np.datetime_as_string(stamps, unit="ns"), "Z")
+        body = out.to_json(orient="records", lines=True)
+    else:
+        body = ""
+    lost = int(frame.attrs.get("lost_events", 0) or 0)
+    head = json.dumps({"lost_events": lost}) + "\n" if lost else ""
+    return head + body.rstrip("\n")
+
+
+def read_json_lines(text: str, *, document: str = "JSON flows") -> pd.DataFrame:
+    """Parse :func:`to_json_lines` output back into a §6 frame (dtypes restored)."""
+    records = []
+    lost = 0
+    for number, line in enumerate(io.StringIO(text), start=1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise ValidationError(f"{document}: line {number} is not JSON: {err.msg}") from err
+        if isinstance(obj, dict) and set(obj) == {"lost_events"}:
+            lost += int(obj["lost_events"])
+            continue
+        if not isinstance(obj, dict):
+            raise ValidationError(f"{document}: line {number} is not a JSON object")
+        records.append(obj)
+    if not records:
+        frame = schema.empty_flows()
+    else:
+        raw = pd.DataFrame.from_records(records)
+        frame = schema.coerce_flows(raw, document=document)
+    frame.attrs["lost_events"] = lost
+    return frame
+
+
+def render(frame: pd.DataFrame, output: str = "compact") -> str:
+    """Text for ``-o table|compact|json``."""
+    if output == "json":
+        return to_json_lines(frame)
+    if output == "table":
+        return format_table(frame)
+    if output == "compact":
+        return format_compact(frame)
+    raise ValidationError(f"unknown output format {output!r}", hint="valid: table, compact, json")
