@@ -15,9 +15,9 @@ Example::
 
 from .compiler import CompiledPolicy, compile_policies, resolve_deny
 from .documents import load_documents
-from .views import PolicyDiff, diff, explain, explain_frame
 from .ports import port_blocks
 from .rules import PolicyDocument, PolicyRule, PolicySpec
+from .views import PolicyDiff, diff, explain, explain_frame
 
 __all__ = [
     "CompiledPolicy", "PolicyDiff", "PolicyDocument", "PolicyRule", "PolicySpec", "compile_policies",

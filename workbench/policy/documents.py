@@ -130,15 +130,14 @@ def parse_document(raw: Any, ref: DocRef) -> PolicyDocument:
         raise ref.error("kind", f"unsupported kind {kind!r} (supported: {', '.join(API_VERSIONS)})")
     name = _name(raw, ref)
     ref = DocRef(ref.index, kind, name, ref.source)
-    api_version = raw.get("apiVersion")
-    if api_version != API_VERSIONS[kind]:
-        raise ref.error("apiVersion", f"{kind} needs apiVersion {API_VERSIONS[kind]}, got {api_version!r}")
-
     metadata = Fields(ref, "metadata", raw.get("metadata"), allowed=_METADATA_FIELDS,
                       unsupported=_METADATA_UNSUPPORTED)
     namespace = _namespace(ref, metadata, kind)
     if namespace:
         ref = DocRef(ref.index, kind, f"{namespace}/{name}", ref.source)
+    api_version = raw.get("apiVersion")
+    if api_version != API_VERSIONS[kind]:
+        raise ref.error("apiVersion", f"{kind} needs apiVersion {API_VERSIONS[kind]}, got {api_version!r}")
     spec_fields = {"spec", "specs"} if kind != KNP_KIND else {"spec"}
     fields = Fields(ref, "", raw, allowed={"apiVersion", "kind", "metadata", "status"} | spec_fields,
                     unsupported={"specs": "NetworkPolicy has no specs; use spec"} if kind == KNP_KIND else {})
