@@ -117,3 +117,20 @@ def host_netns_attachments() -> list[str]:
             for item in section.get(kind, []):
                 found.append(f"{kind}:{item.get('devname')}:{item.get('name') or item.get('id')}")
     return sorted(found)
+
+
+def lab_inventory(lab: str) -> Inventory:
+    """What exists of one lab: its netns and hosts dirs (prefix wb-<lab>-), pins and cgroup subtree.
+
+    Lab names contain no '-', so the prefix cannot match another lab's objects.
+    """
+    prefix = f"{system.NETNS_PREFIX}{lab}-"
+    cg = cgroup_parent()
+    lab_cg = cg / lab if cg else None
+    cgroups = [str(lab_cg)] + [str(p) for p in sorted(lab_cg.rglob("*")) if p.is_dir()] \
+        if lab_cg is not None and lab_cg.exists() else []
+    hosts = sorted(str(p) for p in ETC_NETNS.glob(f"{prefix}*")) if ETC_NETNS.exists() else []
+    pins = _walk(system.PIN_ROOT / lab)
+    if (system.PIN_ROOT / lab).exists():
+        pins.insert(0, str(system.PIN_ROOT / lab))
+    return Inventory(netns=netlink.list_netns(prefix), pins=pins, cgroups=cgroups, hosts_dirs=hosts)
