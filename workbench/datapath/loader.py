@@ -73,7 +73,7 @@ class Datapath:
 
     # -- attaching -------------------------------------------------------------------------
     def _write_endpoint(self, ep: Endpoint, ifindex: int) -> None:
-        table = self.bpf["endpoints"]
+        table = self.bpf[b"endpoints"]
         key = table.Key(ifindex)
         flags = 0
         try:
@@ -120,7 +120,7 @@ class Datapath:
                             raise
         if index:
             try:
-                del self.bpf["endpoints"][self.bpf["endpoints"].Key(index)]
+                del self.bpf[b"endpoints"][self.bpf[b"endpoints"].Key(index)]
             except KeyError:
                 pass
 
@@ -131,7 +131,7 @@ class Datapath:
 
     def set_audit(self, ep_id: int | None, on: bool) -> None:
         """Audit mode for one endpoint (or all with ``None``): policy drops pass as AUDIT."""
-        table = self.bpf["endpoints"]
+        table = self.bpf[b"endpoints"]
         found = False
         for key, info in list(table.items()):
             if ep_id is not None and int(info.ep_id) != ep_id:
@@ -148,8 +148,8 @@ class Datapath:
     def policy_writer(self) -> PolicyMapWriter:
         if self._writer is None:
             self._writer = PolicyMapWriter(
-                self.bpf, map_max_entries(self.bpf["policy"].map_fd),
-                map_max_entries(self.bpf["policy_enforce"].map_fd), self.lab)
+                self.bpf, map_max_entries(self.bpf[b"policy"].map_fd),
+                map_max_entries(self.bpf[b"policy_enforce"].map_fd), self.lab)
         return self._writer
 
     # -- observing -------------------------------------------------------------------------
@@ -160,7 +160,7 @@ class Datapath:
             callback(np.frombuffer(ctypes.string_at(data, size), dtype=layout.FLOW_EVENT_DTYPE, count=1))
             return 0
 
-        self.bpf["events"].open_ring_buffer(on_event)
+        self.bpf[b"events"].open_ring_buffer(on_event)
         self._ring_open = True
 
     def poll_events(self, timeout_ms: int = 100) -> None:
@@ -170,7 +170,7 @@ class Datapath:
     def metrics(self) -> pd.DataFrame:
         """Datapath counters summed over CPUs: verdict, direction, drop_reason, packets, bytes."""
         rows = []
-        for key, per_cpu in self.bpf["metrics"].items():
+        for key, per_cpu in self.bpf[b"metrics"].items():
             rows.append({
                 "verdict": layout.VERDICT_NAMES.get(int(key.verdict), str(key.verdict)),
                 "direction": layout.DIRECTION_NAMES.get(int(key.direction), str(key.direction)),
@@ -184,7 +184,7 @@ class Datapath:
 
     def lost_events(self) -> int:
         """Ring-buffer records the programs could not reserve (all CPUs)."""
-        return sum(int(v) for v in self.bpf["events_lost"][self.bpf["events_lost"].Key(0)])
+        return sum(int(v) for v in self.bpf[b"events_lost"][self.bpf[b"events_lost"].Key(0)])
 
     def close(self) -> None:
         """Release this process's fds. Programs stay attached and maps pinned."""

@@ -200,9 +200,9 @@ class PolicyMapWriter:
 
     def __init__(self, bpf: Any, capacity: int, enforce_capacity: int, lab: str) -> None:
         self._bpf = bpf
-        self._policy = bpf["policy"]
-        self._state = bpf["policy_state"]
-        self._enforce = bpf["policy_enforce"]
+        self._policy = bpf[b"policy"]
+        self._state = bpf[b"policy_state"]
+        self._enforce = bpf[b"policy_enforce"]
         self.capacity = capacity
         self.enforce_capacity = enforce_capacity
         self.lab = lab

@@ -16,6 +16,7 @@ Example::
 from __future__ import annotations
 
 import ipaddress
+import random
 import socket
 import threading
 from collections.abc import Iterator
@@ -43,6 +44,8 @@ def _sysctl(netns: str, path: str, value: str) -> None:
 
 @dataclass
 class Testbed:
+    __test__ = False  # not a pytest test class despite the name
+
     name: str
     node: str
     endpoints: dict[str, Endpoint] = field(default_factory=dict)
@@ -141,6 +144,26 @@ class Testbed:
         finally:
             s.close()
 
+    def ping(self, src: str, dst: str, timeout: float = 0.5) -> bool:
+        """True when an ICMP echo request from src to dst gets its reply (raw socket, no ping binary)."""
+        with netlink.in_netns(self.endpoints[src].netns):
+            s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
+        s.settimeout(timeout)
+        ident = random.randrange(1, 0xFFFF)  # a new id is a new "connection" for conntrack
+        header = bytes([8, 0, 0, 0]) + ident.to_bytes(2, "big") + (1).to_bytes(2, "big")
+        packet = header[:2] + _checksum(header + b"wbping").to_bytes(2, "big") + header[4:] + b"wbping"
+        try:
+            s.sendto(packet, (self.endpoints[dst].ipv4, 0))
+            while True:
+                data, _ = s.recvfrom(1500)
+                icmp = data[(data[0] & 0x0F) * 4:]
+                if icmp[0] == 0 and int.from_bytes(icmp[4:6], "big") == ident:
+                    return True
+        except OSError:
+            return False
+        finally:
+            s.close()
+
     @contextmanager
     def connection(self, src: str, dst: str, port: int, timeout: float = 1.0) -> Iterator[socket.socket]:
         """A connected TCP socket from src to dst:port, for tests that keep a flow open."""
@@ -175,6 +198,15 @@ class Testbed:
 
     def __exit__(self, *exc: object) -> None:
         self.destroy()
+
+
+def _checksum(data: bytes) -> int:
+    if len(data) % 2:
+        data += b"\0"
+    total = sum(int.from_bytes(data[i:i + 2], "big") for i in range(0, len(data), 2))
+    while total >> 16:
+        total = (total & 0xFFFF) + (total >> 16)
+    return ~total & 0xFFFF
 
 
 def _tcp_echo(srv: socket.socket) -> None:
