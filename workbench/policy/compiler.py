@@ -3,8 +3,13 @@
 Selectors become sets of numeric identities (0 = any peer); port ranges become
 prefix blocks; CIDRs get local identities the datapath puts in its ipcache.
 Deny precedence is resolved here (see :func:`resolve_deny`), so the writer can
-store the entries as they are and a lookup that prefers the most specific
-entry (peer identity over 0, then longer protocol/port prefix) is right.
+store the entries as they are. The lookup contract: look up the peer's
+identity first and identity 0 (any peer) only on a miss; within one identity
+a specific protocol beats protocol 0 and a longer port prefix beats a shorter
+one (an LPM over protocol then port bits). The entry found decides: allow or
+deny. No entry: drop if (ep, direction) is in ``enforced``, else pass — deny
+entries also apply to a direction that is not default-deny (Cilium's
+``enableDefaultDeny: false``).
 
 Example::
 
@@ -97,6 +102,7 @@ def compile_policies(documents: Iterable[PolicyDocument], endpoints: list[Endpoi
     enforced: set[tuple[int, Direction]] = set()
     sources: dict[tuple[EntryKey, bool], set[str]] = defaultdict(set)
     for doc in documents:
+        doc_key = doc.key
         for spec in doc.specs:
             subjects = [ep for ep in endpoints
                         if spec.subject.matches(_with_namespace_labels(ep.labels, namespaces))]
@@ -105,7 +111,7 @@ def compile_policies(documents: Iterable[PolicyDocument], endpoints: list[Endpoi
             for rule in spec.rules:
                 for key in _rule_keys(rule, resolver):
                     for ep in subjects:
-                        sources[((ep.id, *key), rule.deny)].add(doc.key)  # type: ignore[arg-type]
+                        sources[((ep.id, *key), rule.deny)].add(doc_key)  # type: ignore[arg-type]
 
     entries = resolve_deny(
         PolicyEntry(k[0], k[1], k[2], k[3], k[4], k[5], deny=deny, rules=tuple(sorted(rules)))
@@ -148,8 +154,9 @@ class _PeerResolver:
     """Selectors, entities and CIDRs -> sets of numeric identities."""
 
     def __init__(self, universe: dict[int, tuple[str, ...]], cidr_ids: dict[str, int]) -> None:
-        self.universe = universe
+        self.parsed = {n: [split_label(label) for label in labels] for n, labels in universe.items()}
         self.cidr_ids = cidr_ids
+        self._cache: dict[Peers, set[int]] = {}
         cluster = {n for n in universe if FIRST_CLUSTER_IDENTITY <= n < LOCAL_IDENTITY_SCOPE}
         world = {ID_WORLD} | set(cidr_ids.values())
         self.entities: dict[str, set[int]] = {
@@ -161,9 +168,15 @@ class _PeerResolver:
     def resolve(self, peers: Peers | None) -> set[int]:
         if peers is None:
             return {ID_ANY}
+        # Large policies repeat the same peers rule after rule: resolve each once.
+        if peers not in self._cache:
+            self._cache[peers] = self._resolve(peers)
+        return self._cache[peers]
+
+    def _resolve(self, peers: Peers) -> set[int]:
         ids: set[int] = set()
         for selector in peers.selectors:
-            ids.update(n for n, labels in self.universe.items() if selector.matches(labels))
+            ids.update(n for n, labels in self.parsed.items() if selector.matches_parsed(labels))
         for entity in peers.entities:
             ids.update(self.entities[entity])
         for cidr in peers.cidrs:

@@ -81,10 +81,11 @@ def load_documents(source: Source) -> list[PolicyDocument]:
 
 def _read(source: Source) -> tuple[str, list[tuple[int, Any]]]:
     """(file name or "", [(1-based position, decoded document)]) without empty documents."""
+    # Dicts belong to the caller: keep a private copy (parsed YAML is already ours).
     if isinstance(source, dict):
-        return "", [(1, source)]
+        return "", [(1, copy.deepcopy(source))]
     if isinstance(source, list):
-        return "", list(enumerate(source, start=1))
+        return "", list(enumerate(copy.deepcopy(source), start=1))
     origin = ""
     if isinstance(source, Path) or ("\n" not in source and _looks_like_path(source)):
         path = Path(source)
@@ -156,7 +157,7 @@ def parse_document(raw: Any, ref: DocRef) -> PolicyDocument:
         for item_path, item in spec_items:
             specs.append(parse_cilium_spec(ref, item_path, item, namespace))
     return PolicyDocument(kind=kind, api_version=str(api_version), name=name, namespace=namespace,
-                          specs=tuple(specs), index=ref.index, source=ref.source, raw=copy.deepcopy(raw))
+                          specs=tuple(specs), index=ref.index, source=ref.source, raw=raw)
 
 
 def _name(raw: dict[str, Any], ref: DocRef) -> str:

@@ -71,7 +71,10 @@ class LabelSelector:
     requirements: tuple[Requirement, ...] = ()
 
     def matches(self, labels: Iterable[str]) -> bool:
-        parsed = [split_label(label) for label in labels]
+        return self.matches_parsed([split_label(label) for label in labels])
+
+    def matches_parsed(self, parsed: list[tuple[str, str, str]]) -> bool:
+        """Like :meth:`matches`, for labels already split by :func:`split_label`."""
         return all(req.matches(parsed) for req in self.requirements)
 
     def has_key(self, key: str) -> bool:
