@@ -207,6 +207,12 @@ BAD_INPUTS: list[tuple[str, Any, str]] = [
     ("ccnp-namespace", {**cnp(), "kind": "CiliumClusterwideNetworkPolicy", "metadata": {"name": "c", "namespace": "x"}},
      "metadata.namespace: CiliumClusterwideNetworkPolicy is cluster-scoped"),
     ("bad-default-deny", cnp(enableDefaultDeny={"ingress": "yes"}), "spec.enableDefaultDeny.ingress: must be true or false"),
+    ("rule-not-a-mapping", cnp(ingress=["fromEndpoints"]), "spec.ingress[0]: must be a mapping, got a string"),
+    ("rules-not-a-list", cnp(ingress={"fromEndpoints": []}), "spec.ingress: must be a list, got a mapping"),
+    ("selector-not-a-mapping", cnp(endpointSelector="class=deathstar"),
+     "spec.endpointSelector: must be a mapping, got a string"),
+    ("bad-label-key", cnp(endpointSelector={"matchLabels": {"bad key": "x"}}),
+     "spec.endpointSelector.matchLabels.bad key: invalid label key 'bad key'"),
     # NetworkPolicy
     ("knp-missing-pod-selector", mutate(knp(), "spec.podSelector", _DELETE), "spec.podSelector: is required"),
     ("knp-bad-policy-type", knp(policyTypes=["Inbound"]), "spec.policyTypes[0]: unknown policy type 'Inbound'"),
@@ -263,3 +269,19 @@ def test_empty_documents_are_skipped() -> None:
     assert load_documents("---\n---\n") == []
     text = RULE1 + "---\n---\n" + RULE1.replace("rule1", "rule2")
     assert [d.index for d in load_documents(text)] == [1, 3]
+
+
+def test_entities_and_default_deny_flags_load() -> None:
+    [doc] = load_documents(cnp(enableDefaultDeny={"egress": True},
+                               ingress=[{"fromEntities": ["health", "remote-node", "world-ipv4"]}]))
+    [spec] = doc.specs
+    assert spec.enforce == {"ingress", "egress"}
+    [rule] = spec.rules
+    assert rule.peers is not None and rule.peers.entities == ("health", "remote-node", "world-ipv4")
+    assert rule.ports == ()
+
+
+def test_ports_zero_means_any_port_in_cilium_policies() -> None:
+    [doc] = load_documents(cnp(egress=[port_rule(port="0", protocol="UDP")]))
+    [rule] = doc.specs[0].rules
+    assert rule.peers is None and rule.ports == (PortRange(17, 0, 65535),)
