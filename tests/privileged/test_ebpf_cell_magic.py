@@ -311,6 +311,9 @@ def test_verifier_rejection_shows_the_log_and_keeps_the_previous_program(ip, pai
     ("tc --direction ingress --dev b0 --netns {b}", "is a xdp program by its context argument"),
     ("xdp --dev b0", "never attach in the machine's own netns"),
     ("xdp --pod deathstar --lab nosuchlab", "pod 'deathstar': lab nosuchlab is not up"),
+    ("xdp --mode native --dev b0 --netns {b}", "re-run with --mode skb"),
+    ("xdp --dev b0 --netns {b} --name other", "already runs XDP program 'xdp_count'"),
+    ("tracepoint sock:inet_sock_set_state", "cannot attach as tracepoint"),
 ])
 def test_bad_input_is_one_line_and_changes_nothing(ip, pair, line, message):
     a, b = pair
@@ -321,6 +324,13 @@ def test_bad_input_is_one_line_and_changes_nothing(ip, pair, line, message):
     assert programs.manager().names() == ["xdp_count"]
     assert xdp_attached_ids(b, "b0") == [prog.prog_id]
     assert ping(a, 1) and counts(prog) >= 1
+
+
+def test_cgroups_outside_the_workbench_tree_are_refused(ip):
+    root = system.cgroup2_root()
+    with pytest.raises(UsageError, match=f"--cgroup {root}: only cgroups under {root}/wb take user programs"):
+        ip.run_cell_magic("ebpf", f"cgroup_skb --direction egress --cgroup {root}", CGROUP_COUNT)
+    assert programs.manager().names() == []
 
 
 def test_programs_listing_and_detach(ip, pair):
@@ -471,3 +481,48 @@ def test_missing_pod_lists_the_lab_pods(ip, lab):
         ip.run_cell_magic("ebpf", f"xdp --pod nosuchpod --lab {lab.name}", XDP_COUNT)
     assert "nosuchpod" in str(err.value) and "client" in str(err.value) and "\n" not in str(err.value)
     assert programs.manager().names() == []
+
+
+CONNECT4 = """\
+struct dest {
+    u32 addr;
+    u16 port;
+    u16 pad;
+};
+BPF_HASH(connects, struct dest, u64);
+BPF_PERCPU_ARRAY(calls, u64, 1);
+
+int on_connect(struct bpf_sock_addr *ctx) {
+    struct dest d = {.addr = ctx->user_ip4, .port = ntohs(ctx->user_port)};
+    connects.increment(d);
+    int zero = 0;
+    u64 *n = calls.lookup(&zero);
+    if (n)
+        *n += 1;
+    return 1;
+}
+"""
+
+
+def test_connect4_struct_keys_and_percpu_values_as_columns(pair, cgroup):
+    """Also run from inside a running asyncio loop, as ipykernel runs cells."""
+    import asyncio
+
+    a, _ = pair
+    from workbench.notebook.cellargs import parse_cell_line
+
+    async def in_kernel_loop():
+        return programs.manager().load(parse_cell_line(f"connect4 --cgroup {cgroup}"), CONNECT4)
+
+    prog = asyncio.run(in_kernel_loop())
+    connect = "import socket; s = socket.socket(); s.settimeout(1); s.connect_ex(('10.99.0.2', 9))"
+    script = f"echo $$ > {cgroup}/cgroup.procs && exec ip netns exec {a} {sys.executable} -c \"$0\""
+    for _ in range(2):
+        subprocess.run(["sh", "-c", script, connect], check=True)
+    frame = prog.maps["connects"].to_frame()
+    assert list(frame.columns) == ["addr", "port", "pad", "value"]
+    assert frame[["addr", "port", "value"]].values.tolist() == [[0x0200630A, 9, 2]]   # 10.99.0.2 as read natively
+    summed = prog.maps["calls"].to_frame()
+    assert summed.values.tolist() == [[0, 2]]
+    per_cpu = prog.maps["calls"].to_frame(percpu="columns")
+    assert per_cpu.columns[1] == "value.cpu0" and int(per_cpu.iloc[0, 1:].sum()) == 2

@@ -133,10 +133,9 @@ def attach_xdp(fn: Any, netns: str, dev: str, mode: str, previous: XdpAttachment
     from bcc import BPF
 
     new = XdpAttachment(netns, dev, mode, prog_id(fn.fd))
-    same_hook = previous is not None and (previous.netns, previous.dev) == (netns, dev)
-    if same_hook and previous is not None and previous.mode != mode:
-        previous.detach()   # the kernel keeps one mode per device: a mode change cannot be a swap
-    flags = new._flags() | (0 if same_hook and previous and previous.mode == mode else XDP_FLAGS_UPDATE_IF_NOEXIST)
+    # Replacing on the same device (the caller refuses a mode change): no UPDATE_IF_NOEXIST, the kernel swaps.
+    same_hook = previous is not None and (previous.netns, previous.dev, previous.mode) == (netns, dev, mode)
+    flags = new._flags() | (0 if same_hook else XDP_FLAGS_UPDATE_IF_NOEXIST)
 
     def attach() -> None:
         device_index(dev, netns)

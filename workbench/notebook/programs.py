@@ -321,26 +321,35 @@ class ProgramManager:
             bpf = _compile(source, spec.cflags)
             try:
                 loaded = _load(bpf, fn, spec.kind, source)
-                attachment = self._attach(spec, name, loaded, bpf, target, previous)
                 maps = _map_views(bpf)
-                program = Program(name=name, kind=spec.kind, function=fn.name, target=attachment.target,
-                                  attached_at=datetime.now(UTC), pinned=spec.pin, prog_id=hooks.prog_id(loaded.fd),
-                                  bpf=bpf, attachment=attachment, maps=maps, direction=spec.direction)
+                pid = hooks.prog_id(loaded.fd)
+                # The attach is the last step that can fail: after it, only bookkeeping.
+                attachment = self._attach(spec, name, loaded, bpf, target, previous)
             except BaseException:
                 bpf.cleanup()
                 raise
+            program = Program(name=name, kind=spec.kind, function=fn.name, target=attachment.target,
+                              attached_at=datetime.now(UTC), pinned=False, prog_id=pid,
+                              bpf=bpf, attachment=attachment, maps=maps, direction=spec.direction)
+            self._programs[name] = program
+            self._register_atexit()
             if previous is not None:
                 self._retire(previous, replaced_by=attachment)
             if spec.pin:
-                _unpin(name)
                 _pin(name, loaded.fd, maps)
-            self._programs[name] = program
-            self._register_atexit()
+                program.pinned = True
             return program
 
     def _check_conflicts(self, name: str, spec: CellSpec, target: Target) -> None:
         if spec.kind != "xdp":
             return
+        previous = self._programs.get(name)
+        att = previous.attachment if previous is not None else None
+        if isinstance(att, hooks.XdpAttachment) and (att.netns, att.dev) == (target.netns, target.dev) \
+                and att.mode != spec.mode:
+            # The kernel allows one XDP mode per device, so this could not be a swap without a gap.
+            raise ValidationError(f"{name} runs on {target.dev} in {att.mode} mode; re-run with --mode {att.mode}, "
+                                  f"or `%ebpf detach {name}` first to change the mode")
         for other in self._programs.values():
             att = other.attachment
             if other.name != name and isinstance(att, hooks.XdpAttachment) and (att.netns, att.dev) == (
