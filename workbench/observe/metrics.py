@@ -141,9 +141,9 @@ def metrics_frame(text: str | bytes) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["name", "labels", "value", "type"])
 
 
-def metric_value(frame: pd.DataFrame, name: str, **labels: str) -> float:
-    """Sum of the samples called ``name`` whose labels include ``labels`` (0.0 when none)."""
-    rows = frame[frame.name == name]
+def metric_value(frame: pd.DataFrame, metric: str, /, **labels: str) -> float:
+    """Sum of the samples called ``metric`` whose labels include ``labels`` (0.0 when none)."""
+    rows = frame[frame["name"] == metric]
     total = 0.0
     for row_labels, value in zip(rows["labels"], rows["value"], strict=True):
         if all(row_labels.get(k) == v for k, v in labels.items()):

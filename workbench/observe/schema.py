@@ -169,7 +169,14 @@ FLOW_DTYPES: dict[str, Any] = {
 COLUMNS = list(FLOW_DTYPES)
 FIXED_CATEGORIES = {name: list(dt.categories) for name, dt in FLOW_DTYPES.items()
                     if isinstance(dt, pd.CategoricalDtype)}
-DYNAMIC_CATEGORICALS = [name for name, dt in FLOW_DTYPES.items() if dt == DYNAMIC_CATEGORY]
+
+
+def is_dynamic(dtype: Any) -> bool:
+    """True for the open-vocabulary categoricals (a CategoricalDtype compares equal to "category" too)."""
+    return isinstance(dtype, str) and dtype == DYNAMIC_CATEGORY
+
+
+DYNAMIC_CATEGORICALS = [name for name, dt in FLOW_DTYPES.items() if is_dynamic(dt)]
 LABEL_COLUMNS = ["src_labels", "dst_labels"]
 
 
@@ -191,8 +198,10 @@ def empty_flows() -> pd.DataFrame:
     """
     data: dict[str, Any] = {}
     for name, dtype in FLOW_DTYPES.items():
-        if dtype == DYNAMIC_CATEGORY:
+        if is_dynamic(dtype):
             data[name] = pd.Categorical([], categories=pd.Index([], dtype="str"))
+        elif isinstance(dtype, pd.CategoricalDtype):
+            data[name] = pd.Categorical([], dtype=dtype)
         else:
             data[name] = pd.Series([], dtype=dtype)
     frame = pd.DataFrame(data)
@@ -244,7 +253,7 @@ def _coerce_column(name: str, col: pd.Series, dtype: Any) -> Any:
             raise ValidationError(f"column {name!r}: unknown values {unknown}",
                                   hint=f"valid: {list(dtype.categories)}")
         return pd.Categorical(values, dtype=dtype)
-    if dtype == DYNAMIC_CATEGORY:
+    if is_dynamic(dtype):
         return dynamic_categorical(col)
     if dtype is LABELS_DTYPE:
         if isinstance(col.dtype, pd.ArrowDtype):
@@ -268,7 +277,7 @@ def validate_flows(frame: pd.DataFrame, *, document: str = "flows") -> None:
                               hint=f"got {list(frame.columns)}, expected {COLUMNS}")
     for name, dtype in FLOW_DTYPES.items():
         actual = frame[name].dtype
-        if dtype == DYNAMIC_CATEGORY:
+        if is_dynamic(dtype):
             ok = isinstance(actual, pd.CategoricalDtype)
         elif dtype is LABELS_DTYPE:
             ok = isinstance(actual, pd.ArrowDtype) and pa.types.is_list(actual.pyarrow_dtype)
