@@ -3,11 +3,13 @@
 Selectors become sets of numeric identities (0 = any peer); port ranges become
 prefix blocks; CIDRs get local identities the datapath puts in its ipcache.
 Deny precedence is resolved here (see :func:`resolve_deny`), so the writer can
-store the entries as they are. The lookup contract: look up the peer's
-identity first and identity 0 (any peer) only on a miss; within one identity
-a specific protocol beats protocol 0 and a longer port prefix beats a shorter
-one (an LPM over protocol then port bits). The entry found decides: allow or
-deny. No entry: drop if (ep, direction) is in ``enforced``, else pass — deny
+store the entries as they are. Two lookup schemes give the right verdict on
+them (the unit tests check both): (a) look up the peer's identity first and
+identity 0 (any peer) only on a miss, the entry found decides; (b) look up
+both, a deny from either wins, else an allow from either admits (what
+bpf/lib/policy.h does). Within one identity a specific protocol beats
+protocol 0 and a longer port prefix beats a shorter one (an LPM over protocol
+then port bits). No entry: drop if (ep, direction) is in ``enforced``, else pass — deny
 entries also apply to a direction that is not default-deny (Cilium's
 ``enableDefaultDeny: false``).
 
