@@ -526,3 +526,62 @@ def test_connect4_struct_keys_and_percpu_values_as_columns(pair, cgroup):
     assert summed.values.tolist() == [[0, 2]]
     per_cpu = prog.maps["calls"].to_frame(percpu="columns")
     assert per_cpu.columns[1] == "value.cpu0" and int(per_cpu.iloc[0, 1:].sum()) == 2
+
+
+RAW_SWITCHES = """\
+BPF_ARRAY(switches, u64, 1);
+
+int on_switch(struct bpf_raw_tracepoint_args *ctx) {
+    int key = 0;
+    u64 *n = switches.lookup(&key);
+    if (n)
+        __sync_fetch_and_add(n, 1);
+    return 0;
+}
+"""
+
+
+def test_raw_tracepoint_counts_and_detaches(ip):
+    prog = ip.run_cell_magic("ebpf", "raw_tracepoint sched_switch", RAW_SWITCHES)
+    time.sleep(0.2)
+    first = counts(prog, "switches")
+    assert first > 0
+    ip.run_line_magic("ebpf", "detach on_switch")
+    assert programs.manager().names() == []
+
+
+def test_in_a_real_kernel_errors_are_usage_errors_without_traceback(pair, tmp_path):
+    """A workbench Jupyter kernel (asyncio loop running): attach, break the cell, see one clean error."""
+    from jupyter_client.manager import start_new_kernel
+
+    a, b = pair
+    subprocess.run([sys.executable, "-m", "workbench", "kernel", "install", "--prefix", str(tmp_path)],
+                   check=True, capture_output=True)
+    env = dict(os.environ, JUPYTER_PATH=str(tmp_path / "share" / "jupyter"))
+    km, kc = start_new_kernel(kernel_name="ebpf-workbench", env=env)
+    outputs: list[dict] = []
+    try:
+        ok = kc.execute_interactive(f"%%ebpf xdp --dev b0 --netns {b}\n{XDP_COUNT}", timeout=120)
+        assert ok["content"]["status"] == "ok"
+        assert ping(a, 2)
+        check = kc.execute_interactive("from workbench.notebook.programs import manager\n"
+                                       "assert int(manager().get('xdp_count').maps['counts'].to_frame()"
+                                       "['value'][0]) >= 2", timeout=60)
+        assert check["content"]["status"] == "ok"
+        broken = XDP_COUNT.replace("return XDP_PASS;", "return XDP_PASS +;")
+        reply = kc.execute_interactive(f"%%ebpf xdp --dev b0 --netns {b}\n{broken}", timeout=120,
+                                       output_hook=outputs.append)
+        assert reply["content"]["status"] == "error"
+        assert reply["content"]["ename"] == "UsageError"
+        shown = "\n".join(str(m["content"]) for m in outputs)
+        assert "compile error at cell line 8" in shown and "Traceback" not in shown
+        assert len(xdp_attached_ids(b, "b0")) == 1
+        km.shutdown_kernel(now=False)               # a normal shutdown runs the kernel's exit hooks
+        deadline = time.time() + 20
+        while xdp_attached_ids(b, "b0") and time.time() < deadline:
+            time.sleep(0.2)
+        assert xdp_attached_ids(b, "b0") == []
+    finally:
+        kc.stop_channels()
+        if km.is_alive():
+            km.shutdown_kernel(now=True)
