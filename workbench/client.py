@@ -38,6 +38,9 @@ class AgentClient:
         try:
             try:
                 sock.connect(str(path))
+            except PermissionError:
+                raise errors.PrivilegeError(f"talking to the agent of lab {self.lab} needs root "
+                                            f"({path} is not accessible)", hint="run it with sudo") from None
             except (FileNotFoundError, ConnectionRefusedError, OSError) as err:
                 raise AgentUnavailable(f"lab {self.lab} is not up (no agent at {path}: {err.strerror or err})",
                                        hint=f"workbench lab up --name {self.lab}") from None

@@ -291,3 +291,13 @@ def test_lab_down_after_sigkill_of_the_agent_leaves_nothing() -> None:
         assert again.returncode == 0 and "is not up" in again.stdout
     finally:
         state.teardown(name)
+
+
+@pytest.mark.parametrize("args", [["lab", "up"], ["lab", "down"], ["endpoint", "list"], ["exec"]])
+def test_unprivileged_commands_fail_with_one_clear_line(demo: str, args: list[str]) -> None:
+    args = [*args, "--name", demo] + (["xwing", "--", "true"] if args == ["exec"] else [])
+    argv = ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", *WORKBENCH, *args]
+    proc = subprocess.run(argv, capture_output=True, text=True)
+    assert proc.returncode == 1
+    assert proc.stderr.startswith("error: ") and "needs root" in proc.stderr, proc.stderr
+    assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr

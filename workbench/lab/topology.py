@@ -54,17 +54,26 @@ def _sysctl(netns: str, key: str, value: str) -> None:
         Path("/proc/sys", *key.split(".")).write_text(value)
 
 
+def _create_ipv4_only_netns(name: str) -> None:
+    """A netns whose new devices get no IPv6: the lab is IPv4, and router solicitations and
+    DAD packets would only be noise in the flows."""
+    netlink.create_netns(name)
+    with netlink.in_netns(name):
+        for key in ("all", "default"):
+            Path(f"/proc/sys/net/ipv6/conf/{key}/disable_ipv6").write_text("1")
+
+
 def create_node(lab: str) -> None:
     """The node netns with forwarding on (inside it only)."""
     name = node_netns(lab)
-    netlink.create_netns(name)
+    _create_ipv4_only_netns(name)
     _sysctl(name, "net.ipv4.ip_forward", "1")
 
 
 def create_world(lab: str, routed_cidrs: list[str]) -> None:
     """The lab's stand-in for the internet: 192.0.2.10 behind the node's world0 link."""
     node, world = node_netns(lab), world_netns(lab)
-    netlink.create_netns(world)
+    _create_ipv4_only_netns(world)
     with IPRoute(netns=node) as ipr:
         if not ipr.link_lookup(ifname=WORLD_LINK):
             ipr.link("add", ifname=WORLD_LINK, kind="veth", peer={"ifname": "eth0", "net_ns_fd": world})
@@ -82,7 +91,7 @@ def create_world(lab: str, routed_cidrs: list[str]) -> None:
 def create_pod_network(lab: str, pod: str, ipv4: str, routed_cidrs: list[str]) -> int:
     """Pod netns + veth pair + routes; returns the lxc ifindex in the node netns."""
     node, netns, lxc = node_netns(lab), pod_netns(lab, pod), lxc_name(lab, pod)
-    netlink.create_netns(netns)
+    _create_ipv4_only_netns(netns)
     with IPRoute(netns=node) as ipr:
         if not ipr.link_lookup(ifname=lxc):
             ipr.link("add", ifname=lxc, kind="veth", peer={"ifname": "eth0", "net_ns_fd": netns})
