@@ -203,7 +203,11 @@ def test_tc_egress_counter_sees_the_replies(ip, pair):
     # Each echo reply: 14 (Ethernet) + 20 (IPv4) + 8 (ICMP) + 9 bytes of payload.
     assert not ipv4.empty and int(ipv4["value"].iloc[0]) >= 3 * 51
     filters = sh("tc", "-n", b, "filter", "show", "dev", "b0", "egress").stdout
-    assert "wb-user-replies" in filters
+    assert filters.count("wb-user-replies") == 1 and f"id {prog.prog_id} " in filters
+    again = ip.run_cell_magic("ebpf", f"tc --direction egress --dev b0 --netns {b} --name replies", TC_COUNT)
+    filters = sh("tc", "-n", b, "filter", "show", "dev", "b0", "egress").stdout
+    assert filters.count("wb-user-replies") == 1 and f"id {again.prog_id} " in filters   # replaced at its prio
+    assert again.attachment.prio == prog.attachment.prio
     ip.run_line_magic("ebpf", "detach replies")
     assert "wb-user-replies" not in sh("tc", "-n", b, "filter", "show", "dev", "b0", "egress").stdout
 
@@ -233,6 +237,15 @@ def test_cgroup_skb_counts_traffic_of_a_process_in_the_cgroup(ip, pair, cgroup):
     assert subprocess.run(["sh", "-c", script, PING], capture_output=True).returncode == 0
     frame = prog.maps["packets"].to_frame()
     assert frame["key"].tolist() == [0, 1] and int(frame["value"][0]) >= 3
+    assert cgroup_prog_ids(cgroup) == [prog.prog_id]
+    again = ip.run_cell_magic("ebpf", f"cgroup_skb --direction egress --cgroup {cgroup}", CGROUP_COUNT)
+    assert cgroup_prog_ids(cgroup) == [again.prog_id]     # the new one attached, then the old one detached
+
+
+def cgroup_prog_ids(path: Path) -> list[int]:
+    import json
+
+    return [int(p["id"]) for p in json.loads(sh("bpftool", "-j", "cgroup", "show", str(path)).stdout or "[]")]
 
 
 TCP_STATES = """\

@@ -13,6 +13,10 @@ def test_xdp_on_a_device_in_a_netns_with_cflags_and_pin():
     assert spec.cflags == ["-DPORT=80", "-DDEBUG=1"]
 
 
+def test_cgroup_is_the_skb_hook():
+    assert parse_cell_line("cgroup --direction egress --pod xwing").kind == "cgroup_skb"
+
+
 def test_defaults():
     spec = parse_cell_line("xdp --pod deathstar")
     assert (spec.mode, spec.name, spec.cflags, spec.pin, spec.lxc) == ("skb", "", [], False, False)

@@ -25,6 +25,8 @@ NET_DEVICE_KINDS = ("xdp", "tc")
 CGROUP_KINDS = ("cgroup_skb", "connect4")
 TRACE_KINDS = ("tracepoint", "raw_tracepoint")
 KINDS = NET_DEVICE_KINDS + CGROUP_KINDS + TRACE_KINDS
+# DESIGN §5 writes `%%ebpf cgroup ...`: the skb hook is what that means.
+ALIASES = {"cgroup": "cgroup_skb"}
 
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _TRACEPOINT = re.compile(r"^[A-Za-z0-9_]+:[A-Za-z0-9_]+$")
@@ -71,7 +73,7 @@ def _parser() -> _Parser:
                 usage="%%ebpf {" + ",".join(KINDS) + "} [TRACEPOINT] (--dev D [--netns NS] | --pod P [--lxc]"
                       " | --cgroup PATH) [--direction ingress|egress] [--mode skb|native] [--name N]"
                       " [-D NAME=VALUE]... [--pin]")
-    p.add_argument("kind", choices=KINDS)
+    p.add_argument("kind", choices=KINDS + tuple(ALIASES))
     p.add_argument("tracepoint", nargs="?", default="")
     p.add_argument("--direction", choices=("ingress", "egress"))
     p.add_argument("--mode", choices=("skb", "native"))
@@ -96,7 +98,7 @@ def parse_cell_line(line: str) -> CellSpec:
     if not argv:
         raise ValidationError(f"%%ebpf: give the program type, one of {', '.join(KINDS)}")
     ns: Any = _parser().parse_args(argv)
-    spec = CellSpec(kind=ns.kind, tracepoint=ns.tracepoint or "", direction=ns.direction or "",
+    spec = CellSpec(kind=ALIASES.get(ns.kind, ns.kind), tracepoint=ns.tracepoint or "", direction=ns.direction or "",
                     mode=ns.mode or "skb", dev=ns.dev or "", netns=ns.netns or "", pod=ns.pod or "",
                     lab=ns.lab or "", lxc=ns.lxc, cgroup=ns.cgroup or "", name=ns.name or "",
                     cflags=[_cflag(d) for d in ns.defines], pin=ns.pin)
