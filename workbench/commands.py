@@ -19,6 +19,7 @@ COMMAND_MODULES = [
     "workbench.status_cmd",
     "workbench.kernelspec",
     "workbench.lab_cmd",
+    "workbench.observe_cmd",
 ]
 
 
