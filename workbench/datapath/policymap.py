@@ -207,6 +207,7 @@ class PolicyMapWriter:
         self.enforce_capacity = enforce_capacity
         self.lab = lab
         self._rules: dict[Slot, tuple[str, ...]] = {}
+        self.last_apply_timing: dict[str, float] = {}
 
     # -- reading ---------------------------------------------------------------------------
     def active_generation(self) -> int:
@@ -317,6 +318,7 @@ class PolicyMapWriter:
             if direction not in layout.DIRECTIONS or not 0 <= ep_id <= 0xFFFF:
                 raise ValidationError(f"enforced pair ({ep_id}, {direction!r}) needs an endpoint id "
                                       "0-65535 and ingress or egress")
+        started = time.perf_counter()
         active = self.active_generation()
         target = 1 - active
         current = self._read(active)
@@ -347,9 +349,13 @@ class PolicyMapWriter:
         state = self._state.Leaf()
         state.generation = target
         self._state[self._state.Key(0)] = state  # the switch: one array update
+        switched = time.perf_counter()
         time.sleep(OLD_GENERATION_GRACE_S)
         self._delete_generation(active, [k for k, _ in current.values()])
         self._rules = {slot: value.rules for slot, value in slots.items() if value.rules}
+        #: seconds from apply() being called until the new policy was in force, and in total
+        self.last_apply_timing = {"effective_s": switched - started, "total_s": time.perf_counter() - started,
+                                  "entries": float(len(slots))}
 
     # -- live edits ------------------------------------------------------------------------
     def _edit(self, add: list[PolicyEntry], drop: Any = None) -> None:
