@@ -35,12 +35,13 @@ import threading
 import time
 import traceback
 from collections.abc import Callable
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Protocol
 
 from . import system
 from .datapath import build
-from .errors import NotFoundError, WorkbenchError
+from .errors import WorkbenchError
 from .lab import state, topology
 from .lab.identity import IdentityAllocator, identity_labels
 from .lab.ipam import (
@@ -55,7 +56,8 @@ from .lab.ipam import (
 from .lab.manifests import LabSpec
 from .lab.processes import app_argv, spawn_in_pod
 from .lab.services import Frontend, SocketLB, build_frontends, to_model
-from .model import ID_HOST, ID_WORLD, Endpoint, Service
+from .lab.state import find_endpoint
+from .model import ID_HOST, ID_WORLD, Endpoint, Service, ServicePort
 
 # Modules with setup(agent); other layers add one line each (like COMMAND_MODULES).
 AGENT_PLUGINS: list[str] = []
@@ -93,6 +95,7 @@ class Agent:
         self.status = "starting"
         self.started = time.time()
         self.build_seconds = 0.0
+        self.adopted = False
         self.maps: Any = None
         self.lb: SocketLB | None = None
         self.processes: dict[str, Any] = {}
@@ -146,6 +149,39 @@ class Agent:
         self.status = "ready"
         self._save_state()
 
+    def adopt(self) -> None:
+        """Take over the lab a dead agent left running: pods, apps, maps and attached programs stay.
+
+        Like a restarted cilium-agent: the datapath never paused. Endpoints and
+        services come from state.json; observers (the TC datapath) are told about
+        every endpoint again; apps whose process died are started again.
+        """
+        t0 = time.monotonic()
+        self._join_cgroup(state.AGENT_CGROUP)
+        saved = json.loads((self.dir / "state.json").read_text())
+        self.maps = build.compile_object("maps_only.bpf.c", self.lab)
+        self.lb = SocketLB(self.lab)
+        for module in AGENT_PLUGINS:
+            importlib.import_module(module).setup(self)
+        for data in saved["endpoints"]:
+            ep = Endpoint(**{k: v for k, v in data.items() if k in Endpoint.__dataclass_fields__})
+            ep.labels = tuple(ep.labels)
+            if not Path(f"/run/netns/{ep.netns}").exists():
+                raise WorkbenchError(f"cannot adopt lab {self.lab}: netns {ep.netns} is gone")
+            self.endpoints[ep.pod] = ep
+            for observer in self.observers:
+                observer.attach_endpoint(ep)
+        self.services = [Service(**{**data, "ports": [ServicePort(**p) for p in data["ports"]]})
+                         for data in saved["services"]]
+        self.frontends = [Frontend(**{**f, "backends": [tuple(b) for b in f["backends"]]})
+                          for f in saved.get("frontends", [])]
+        self.lb.set_frontends(self.frontends)
+        self._start_apps(only_dead=True)
+        self.build_seconds = time.monotonic() - t0
+        self.adopted = True
+        self.status = "ready"
+        self._save_state()
+
     def _join_cgroup(self, name: str) -> None:
         path = state.lab_cgroup(self.lab) / name
         path.mkdir(parents=True, exist_ok=True)
@@ -183,8 +219,11 @@ class Agent:
             entries.append((WORLD_HOST, ["world", "world.lab"]))
             topology.write_hosts(ep.netns, entries)
 
-    def _start_apps(self) -> None:
-        """Start every pod's app (and the world's echo), then wait until all have bound their ports."""
+    def _start_apps(self, only_dead: bool = False) -> None:
+        """Start every pod's app (and the world's echo), then wait until all have bound their ports.
+
+        ``only_dead``: skip pods whose cgroup still has a process (adopting a lab).
+        """
         pending: dict[int, str] = {}
         world_cg = state.lab_cgroup(self.lab) / state.WORLD_CGROUP
         world_cg.mkdir(parents=True, exist_ok=True)
@@ -199,6 +238,8 @@ class Agent:
                 ports = sorted({(n, proto) for n, _ in ports for proto in ("TCP", "UDP")})
             jobs.append((ep.pod, ep.netns, Path(ep.cgroup), ep.app, ports))
         for name, netns, cgroup, app, ports in jobs:
+            if only_dead and (cgroup / "cgroup.procs").read_text().strip():
+                continue
             read_fd, write_fd = os.pipe()
             proc = spawn_in_pod(netns, cgroup, app_argv(app, name, ports, write_fd), state.pod_log(self.lab, name),
                                 pass_fds=(write_fd,))
@@ -245,13 +286,14 @@ class Agent:
             "pod_cidr": self.pod_cidr, "service_cidr": self.service_cidr,
             "node_netns": topology.node_netns(self.lab), "world": WORLD_HOST,
             "pins": str(build.pin_dir(self.lab)), "state_dir": str(self.dir),
-            "build_seconds": round(self.build_seconds, 3), "started": self.started,
+            "build_seconds": round(self.build_seconds, 3), "started": self.started, "adopted": self.adopted,
             "warnings": self.spec.warnings,
         }
 
     def _save_state(self) -> None:
         data = {"status": self.status_dict(), "endpoints": [ep.to_dict() for ep in self.endpoints.values()],
-                "services": [svc.to_dict() for svc in self.services]}
+                "services": [svc.to_dict() for svc in self.services],
+                "frontends": [asdict(f) for f in self.frontends]}
         tmp = self.dir / "state.json.tmp"
         tmp.write_text(json.dumps(data, indent=1))
         os.replace(tmp, self.dir / "state.json")
@@ -312,31 +354,16 @@ class Agent:
             self.lb.close()
 
 
-def find_endpoint(endpoints: list[Endpoint], pod: str) -> Endpoint:
-    """A pod by name, or ``deploy/NAME`` / ``deployment/NAME`` for its first replica (like kubectl)."""
-    kind, sep, name = pod.partition("/")
-    if sep and kind in ("deploy", "deployment", "deployments"):
-        replicas = sorted((ep for ep in endpoints if ep.owner == name), key=lambda ep: ep.pod)
-        if replicas:
-            return replicas[0]
-        owners = sorted({ep.owner for ep in endpoints if ep.owner})
-        raise NotFoundError(f"deployment {name} not found; deployments: {', '.join(owners) or '(none)'}")
-    for ep in endpoints:
-        if ep.pod == pod:
-            return ep
-    names = sorted(ep.pod for ep in endpoints)
-    raise NotFoundError(f"pod {pod} not found; pods: {', '.join(names) or '(none)'}")
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="workbench.agent")
     parser.add_argument("--lab", required=True)
+    parser.add_argument("--adopt", action="store_true", help="take over the running lab of a dead agent")
     args = parser.parse_args(argv)
     system.require_ready("the lab agent")
     agent = Agent(args.lab)
     state.pid_path(args.lab).write_text(str(os.getpid()))
     try:
-        agent.build()
+        agent.adopt() if args.adopt else agent.build()
     except Exception as err:
         traceback.print_exc()
         message = str(err) if isinstance(err, WorkbenchError) else f"{type(err).__name__}: {err}"

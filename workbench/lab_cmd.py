@@ -49,7 +49,9 @@ def _lab_up(args: argparse.Namespace) -> MessageResult:
                              f"{status['agent_pid']}); `workbench lab down --name {args.name}` first to rebuild it",
                              {"already_up": True, "status": status})
     lines = [f"warning: {w}" for w in outcome.warnings]
-    if outcome.recovered:
+    if outcome.recovered == ["adopted the running lab"]:
+        lines.append("the agent had stopped; a new agent adopted the running lab (pods kept running)")
+    elif outcome.recovered:
         lines.append(f"removed the remains of a previous run ({len(outcome.recovered)} objects)")
     lines.append(f"lab {args.name} is up: {status['pods']} pods, {status['services']} services, "
                  f"{status['identities']} identities in {status['build_seconds']:.1f} s "

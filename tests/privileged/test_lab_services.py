@@ -133,15 +133,41 @@ def test_lab_up_again_connects_and_warns(echo_lab: wb.Lab) -> None:
     assert any("already up" in w for w in again.warnings)
 
 
-def test_identities_survive_an_agent_restart(echo_lab: wb.Lab) -> None:
-    """A restarted agent (lab up after the agent died) rebuilds the lab with the same identities."""
+def _app_pids(lab: wb.Lab) -> dict[str, str]:
+    cg = state.lab_cgroup(lab.name)
+    return {pod: (cg / pod / "cgroup.procs").read_text().split()[0] for pod in lab.endpoints["pod"]
+            if pod.startswith("echo-")}
+
+
+def test_a_new_agent_adopts_the_running_lab(echo_lab: wb.Lab) -> None:
+    """SIGKILL the agent, `lab up` again: pods, apps and identities stay, the API answers again."""
+    import os
+    import signal
+
+    before = dict(zip(echo_lab.endpoints["pod"], echo_lab.endpoints["identity"], strict=True))
+    pids = _app_pids(echo_lab)
+    os.kill(int(state.pid_path(echo_lab.name).read_text()), signal.SIGKILL)
+    assert echo_lab.status()["status"] == "broken"
+    # the datapath does not need the agent: service traffic keeps flowing
+    assert echo_lab.exec("client", "curl -s -m 3 http://echo/").exit_code == 0
+    lab = wb.Lab.up(ECHO_LAB, name=echo_lab.name, pod_cidr="10.77.0.0/16", service_cidr="10.78.0.0/16")
+    assert lab.status()["adopted"] is True
+    assert dict(zip(lab.endpoints["pod"], lab.endpoints["identity"], strict=True)) == before
+    assert _app_pids(lab) == pids                       # the same processes, never restarted
+    assert lab.exec("client", "curl -s -m 3 http://echo/", check=True).stdout.startswith("{")
+
+
+def test_changed_manifests_after_a_crash_rebuild_with_the_same_identities(echo_lab: wb.Lab) -> None:
     import os
     import signal
 
     before = dict(zip(echo_lab.endpoints["pod"], echo_lab.endpoints["identity"], strict=True))
     os.kill(int(state.pid_path(echo_lab.name).read_text()), signal.SIGKILL)
-    assert echo_lab.status()["status"] == "broken"
-    lab = wb.Lab.up(ECHO_LAB, name=echo_lab.name, pod_cidr="10.77.0.0/16", service_cidr="10.78.0.0/16")
+    extra = ECHO_LAB + "---\napiVersion: v1\nkind: Pod\nmetadata: {name: extra, labels: {app: new}}\n" \
+                       "spec: {containers: [{name: c, image: example.org/client}]}\n"
+    lab = wb.Lab.up(extra, name=echo_lab.name, pod_cidr="10.77.0.0/16", service_cidr="10.78.0.0/16")
+    assert lab.status()["adopted"] is False
     after = dict(zip(lab.endpoints["pod"], lab.endpoints["identity"], strict=True))
-    assert after == before
+    assert {pod: after[pod] for pod in before} == before
+    assert after["extra"] not in before.values()
     assert lab.exec("client", "curl -s -m 3 http://echo/", check=True).stdout.startswith("{")

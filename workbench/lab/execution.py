@@ -8,9 +8,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..client import AgentClient
+from ..client import AgentClient, AgentUnavailable
 from ..errors import ValidationError
 from .processes import exec_argv
+from .state import find_endpoint, saved_endpoints
 
 
 @dataclass
@@ -53,7 +54,14 @@ def exec_in_pod(lab: str, pod: str, command: list[str], *, capture: bool = True,
     """
     if not command:
         raise ValidationError("exec needs a command: workbench exec POD -- CMD [ARG...]")
-    ep = AgentClient(lab).call("endpoint.get", pod=pod)
+    try:
+        ep = AgentClient(lab).call("endpoint.get", pod=pod)
+    except AgentUnavailable:
+        # The pods outlive their agent: while it is down, state.json still knows them.
+        saved = saved_endpoints(lab)
+        if not saved:
+            raise
+        ep = find_endpoint(saved, pod).to_dict()
     argv = exec_argv(ep["netns"], Path(ep["cgroup"]), command)
     if capture:
         proc = subprocess.run(argv, input=input, capture_output=True, text=True, timeout=timeout)

@@ -37,8 +37,10 @@ def start_lab(spec: LabSpec, name: str = state.DEFAULT_LAB, pod_cidr: str = DEFA
               service_cidr: str = DEFAULT_SERVICE_CIDR, timeout: float = AGENT_START_TIMEOUT) -> UpOutcome:
     """Start the agent of lab ``name`` and wait until the lab is ready.
 
-    When an agent already answers, nothing changes (``already_up``). When
-    remains of a dead agent exist, they are removed first (identities kept).
+    When an agent already answers, nothing changes (``already_up``). When the
+    agent died but its lab is intact and built from the same manifests, a new
+    agent adopts it (pods keep running, like a restarted cilium-agent);
+    otherwise the remains are removed (identities kept) and the lab is rebuilt.
     """
     state.check_lab_name(name)
     check_lab_cidrs(pod_cidr, service_cidr)
@@ -46,25 +48,53 @@ def start_lab(spec: LabSpec, name: str = state.DEFAULT_LAB, pod_cidr: str = DEFA
     client = AgentClient(name)
     if client.alive():
         return UpOutcome(name, True, client.call("lab.status"))
-    recovered = state.teardown(name, keep_identities=True) if state.leftovers(name) else []
+    config = {"spec": spec.to_dict(), "pod_cidr": pod_cidr, "service_cidr": service_cidr}
+    recovered: list[str] = []
+    if state.leftovers(name):
+        if _adoptable(name, config):
+            try:
+                status = _launch(name, adopt=True, timeout=timeout)
+                return UpOutcome(name, False, status, spec.warnings, ["adopted the running lab"])
+            except WorkbenchError:
+                pass     # fall back to a rebuild
+        recovered = state.teardown(name, keep_identities=True)
     directory = state.state_dir(name)
     directory.mkdir(parents=True, exist_ok=True)
-    (directory / "config.json").write_text(json.dumps(
-        {"spec": spec.to_dict(), "pod_cidr": pod_cidr, "service_cidr": service_cidr}))
+    (directory / "config.json").write_text(json.dumps(config))
+    return UpOutcome(name, False, _launch(name, adopt=False, timeout=timeout), spec.warnings, recovered)
+
+
+def _adoptable(name: str, config: dict[str, Any]) -> bool:
+    """A finished build (state.json) from the same configuration, with its node still there."""
+    directory = state.state_dir(name)
+    try:
+        same = json.loads((directory / "config.json").read_text()) == json.loads(json.dumps(config))
+        ready = json.loads((directory / "state.json").read_text())["status"]["status"] == "ready"
+    except (OSError, ValueError, KeyError):
+        return False
+    return same and ready and os.path.exists(f"/run/netns/{system.NETNS_PREFIX}{name}-node")
+
+
+def _launch(name: str, adopt: bool, timeout: float) -> dict[str, Any]:
+    """Start the agent process and wait for its API; tear down what it built when it fails."""
+    directory = state.state_dir(name)
+    (directory / "agent.error").unlink(missing_ok=True)
+    argv = [sys.executable, "-m", "workbench.agent", "--lab", name] + (["--adopt"] if adopt else [])
+    client = AgentClient(name)
     with open(directory / "agent.log", "ab") as log:
         # A session of its own: the agent outlives the CLI and ignores its Ctrl-C.
-        proc = subprocess.Popen([sys.executable, "-m", "workbench.agent", "--lab", name], stdin=subprocess.DEVNULL,
-                                stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd="/",
-                                env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                                start_new_session=True, cwd="/", env={**os.environ, "PYTHONUNBUFFERED": "1"})
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             error_file = directory / "agent.error"
             reason = error_file.read_text().strip() if error_file.exists() else _log_tail(name)
-            state.teardown(name, keep_identities=True)
+            if not adopt:
+                state.teardown(name, keep_identities=True)
             raise WorkbenchError(f"lab {name} failed to start: {reason}")
         if state.socket_path(name).exists() and client.alive():
-            return UpOutcome(name, False, client.call("lab.status"), spec.warnings, recovered)
+            return dict(client.call("lab.status"))
         time.sleep(0.05)
     state.teardown(name, keep_identities=True)
     raise WorkbenchError(f"lab {name} did not come up within {timeout:.0f} s (agent log: {_log_tail(name)})")

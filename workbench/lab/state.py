@@ -22,8 +22,9 @@ from pathlib import Path
 
 from .. import netlink, system
 from ..datapath import build
-from ..errors import ValidationError
+from ..errors import NotFoundError, ValidationError
 from ..inventory import ETC_NETNS, remove_cgroup_tree
+from ..model import Endpoint
 
 DEFAULT_LAB = "default"
 # No '-' so that "wb-<lab>-" is a prefix no other lab's netns can share.
@@ -155,3 +156,35 @@ def teardown(lab: str, keep_identities: bool = False) -> list[str]:
             shutil.rmtree(directory, ignore_errors=True)
         removed.append(f"state {directory}")
     return removed
+
+
+def find_endpoint(endpoints: list[Endpoint], pod: str) -> Endpoint:
+    """A pod by name, or ``deploy/NAME`` / ``deployment/NAME`` for its first replica (like kubectl)."""
+    kind, sep, name = pod.partition("/")
+    if sep and kind in ("deploy", "deployment", "deployments"):
+        replicas = sorted((ep for ep in endpoints if ep.owner == name), key=lambda ep: ep.pod)
+        if replicas:
+            return replicas[0]
+        owners = sorted({ep.owner for ep in endpoints if ep.owner})
+        raise NotFoundError(f"deployment {name} not found; deployments: {', '.join(owners) or '(none)'}")
+    for ep in endpoints:
+        if ep.pod == pod:
+            return ep
+    names = sorted(ep.pod for ep in endpoints)
+    raise NotFoundError(f"pod {pod} not found; pods: {', '.join(names) or '(none)'}")
+
+
+def saved_endpoints(lab: str) -> list[Endpoint]:
+    """The endpoints the agent recorded in state.json (for use while no agent runs)."""
+    import json
+
+    try:
+        data = json.loads((state_dir(lab) / "state.json").read_text())
+    except (OSError, ValueError):
+        return []
+    endpoints = []
+    for item in data.get("endpoints", []):
+        ep = Endpoint(**{k: v for k, v in item.items() if k in Endpoint.__dataclass_fields__})
+        ep.labels = tuple(ep.labels)
+        endpoints.append(ep)
+    return endpoints
