@@ -361,19 +361,40 @@ def test_programs_listing_and_detach(ip, pair):
     assert ip.run_line_magic("ebpf", "programs")["name"].tolist() == ["tc_count"]
 
 
-def test_pinned_program_survives_shutdown_until_detached(ip, pair):
+def test_pinned_program_outlives_its_kernel_and_a_new_kernel_replaces_and_detaches_it(ip, pair):
     a, b = pair
-    prog = ip.run_cell_magic("ebpf", f"xdp --dev b0 --netns {b} --pin --name pinned_counter", XDP_COUNT)
     pins = programs.USER_PIN_DIR / "pinned_counter"
+    line = f"xdp --dev b0 --netns {b} --pin --name pinned_counter"
+    script = f"""
+from IPython.testing.globalipapp import get_ipython
+ip = get_ipython()
+ip.run_line_magic("load_ext", "workbench")
+print("prog_id", ip.run_cell_magic("ebpf", {line!r}, {XDP_COUNT!r}).prog_id)
+"""
     try:
+        proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+        assert "prog_id" in proc.stdout, proc.stderr
+        first_id = int(proc.stdout.split()[-1])
+        # That kernel has exited; the program is still attached and still counting, through its pins.
+        assert xdp_attached_ids(b, "b0") == [first_id]
         assert (pins / "prog").exists() and (pins / "counts").exists()
-        programs.manager().shutdown()             # what the kernel's exit does
-        assert programs.manager().names() == []
-        assert xdp_attached_ids(b, "b0") == [prog.prog_id]   # still attached: pinned
+        assert ping(a, 2)
+        dump = sh("bpftool", "-j", "map", "dump", "pinned", str(pins / "counts")).stdout
+        assert '"value": 0' not in dump and "value" in dump
+        listing = ip.run_line_magic("ebpf", "programs")
+        row = listing.set_index("name").loc["pinned_counter"]
+        assert bool(row["pinned"]) and int(row["prog_id"]) == first_id and row["target"] == f"{b}/b0"
+        # Re-running the cell in this kernel swaps the program in place and keeps it pinned.
+        again = ip.run_cell_magic("ebpf", line, XDP_COUNT)
+        assert xdp_attached_ids(b, "b0") == [again.prog_id] and again.prog_id != first_id
+        assert (pins / "prog").exists() and again.pinned
+        ip.run_line_magic("ebpf", "detach pinned_counter")
+        assert xdp_attached_ids(b, "b0") == [] and not pins.exists()
+        assert not programs.RECORDS_DIR.exists() or not any(programs.RECORDS_DIR.iterdir())
     finally:
         sh("ip", "-n", b, "link", "set", "b0", "xdpgeneric", "off", check=False)
         programs._unpin("pinned_counter")
-    assert not pins.exists()
+        programs._drop_record("pinned_counter")
 
 
 def test_kernel_exit_detaches_everything_not_pinned(pair):

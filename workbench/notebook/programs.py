@@ -21,9 +21,10 @@ from __future__ import annotations
 
 import atexit
 import html
+import json
 import shutil
 import threading
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -47,6 +48,11 @@ from .cellsource import (
 from .mapview import Maps, MapView
 
 USER_PIN_DIR = system.PIN_ROOT / "user"
+# What a pinned program's attachment is, so a later kernel can list, replace and detach it
+# (bpffs holds only BPF objects, so the record lives under the run directory).
+RECORDS_DIR = system.RUN_ROOT / "user-programs"
+_ATTACHMENT_TYPES: dict[str, Any] = {"xdp": hooks.XdpAttachment, "tc": hooks.TcAttachment,
+                                     "cgroup": hooks.CgroupAttachment}
 
 
 class ProgramError(ValidationError):
@@ -78,10 +84,20 @@ class Program:
     attached_at: datetime
     pinned: bool
     prog_id: int
-    bpf: Any = field(repr=False)
+    bpf: Any = field(repr=False)          # None for a pinned program adopted from an earlier kernel
     attachment: Any = field(repr=False)
     maps: Maps = field(repr=False)
     direction: str = ""
+
+    @property
+    def adopted(self) -> bool:
+        """True when an earlier kernel attached and pinned it (its maps are under the pin directory)."""
+        return self.bpf is None
+
+    def close(self) -> None:
+        """Release this process's fds (BCC module, maps); attachments the kernel holds stay."""
+        if self.bpf is not None:
+            self.bpf.cleanup()
 
     def detach(self) -> None:
         """Detach this program (same as `%ebpf detach NAME`)."""
@@ -98,7 +114,8 @@ class Program:
             f"<tr><td>{html.escape(n)}</td><td>{html.escape(v.map_type)}</td><td>{_safe_len(v)}</td></tr>"
             for n, v in self.maps.items())
         maps = (f"<table><tr><th>map</th><th>type</th><th>entries</th></tr>{map_rows}</table>"
-                if map_rows else "<i>no maps</i>")
+                if map_rows else f"<i>maps pinned at {USER_PIN_DIR / self.name}</i>" if self.adopted
+                else "<i>no maps</i>")
         return f"<div><b>eBPF program {html.escape(self.name)}</b><table>{body}</table>{maps}</div>"
 
     def __repr__(self) -> str:
@@ -271,6 +288,44 @@ def _unpin(name: str) -> None:
             break
 
 
+def _save_record(program: Program) -> None:
+    kind = "cgroup" if isinstance(program.attachment, hooks.CgroupAttachment) else program.kind
+    record = {"name": program.name, "kind": program.kind, "function": program.function,
+              "direction": program.direction, "attached_at": program.attached_at.isoformat(),
+              "prog_id": program.prog_id, "attachment_type": kind, "attachment": asdict(program.attachment)}
+    RECORDS_DIR.mkdir(parents=True, exist_ok=True)
+    (RECORDS_DIR / f"{program.name}.json").write_text(json.dumps(record))
+
+
+def _drop_record(name: str) -> None:
+    (RECORDS_DIR / f"{name}.json").unlink(missing_ok=True)
+    try:
+        RECORDS_DIR.rmdir()
+    except OSError:
+        pass
+
+
+def _load_records() -> dict[str, Program]:
+    """Pinned programs with a record and their pins still present (stale records are dropped)."""
+    found: dict[str, Program] = {}
+    if not RECORDS_DIR.is_dir():
+        return found
+    for path in sorted(RECORDS_DIR.glob("*.json")):
+        try:
+            rec = json.loads(path.read_text())
+            attachment = _ATTACHMENT_TYPES[rec["attachment_type"]](**rec["attachment"])
+        except (ValueError, KeyError, TypeError):
+            continue
+        if not (USER_PIN_DIR / rec["name"] / "prog").exists():
+            _drop_record(rec["name"])
+            continue
+        found[rec["name"]] = Program(
+            name=rec["name"], kind=rec["kind"], function=rec["function"], target=attachment.target,
+            attached_at=datetime.fromisoformat(rec["attached_at"]), pinned=True, prog_id=int(rec["prog_id"]),
+            bpf=None, attachment=attachment, maps=Maps({}), direction=rec.get("direction", ""))
+    return found
+
+
 def _hook_of(att: Any) -> tuple[Any, ...]:
     if isinstance(att, hooks.XdpAttachment):
         return ("xdp", att.netns, att.dev)
@@ -288,6 +343,7 @@ class ProgramManager:
         self._atexit_registered = False
 
     def get(self, name: str) -> Program:
+        self._adopt_pinned()
         try:
             return self._programs[name]
         except KeyError:
@@ -295,7 +351,15 @@ class ProgramManager:
                                 f"{', '.join(self._programs) or 'none'}") from None
 
     def names(self) -> list[str]:
+        self._adopt_pinned()
         return list(self._programs)
+
+    def _adopt_pinned(self) -> None:
+        """Take over pinned programs an earlier kernel left attached, so they can be listed and detached."""
+        with self._lock:
+            for name, program in _load_records().items():
+                if name not in self._programs:
+                    self._programs[name] = program
 
     def load(self, spec: CellSpec, source: str) -> Program:
         """Compile ``source``, attach it per ``spec``, replacing the program of the same name.
@@ -304,6 +368,7 @@ class ProgramManager:
         (if any) keeps running.
         """
         system.require_privileges("%%ebpf")
+        self._adopt_pinned()
         functions = find_functions(source)
         try:
             fn = choose_function(functions, spec.name)
@@ -316,8 +381,8 @@ class ProgramManager:
             previous = self._programs.get(name)
             self._check_conflicts(name, spec, target)
             if previous is None and (USER_PIN_DIR / name).exists():
-                raise ValidationError(f"a pinned program {name!r} from an earlier kernel is still attached "
-                                      f"(pins at {USER_PIN_DIR / name}); choose another --name")
+                raise ValidationError(f"pins of a program {name!r} exist at {USER_PIN_DIR / name} but no record of "
+                                      "its attachment; choose another --name")
             bpf = _compile(source, spec.cflags)
             try:
                 loaded = _load(bpf, fn, spec.kind, source)
@@ -338,6 +403,7 @@ class ProgramManager:
             if spec.pin:
                 _pin(name, loaded.fd, maps)
                 program.pinned = True
+                _save_record(program)
             return program
 
     def _check_conflicts(self, name: str, spec: CellSpec, target: Target) -> None:
@@ -378,7 +444,8 @@ class ProgramManager:
             old.attachment.detach()
         if old.pinned:
             _unpin(old.name)
-        old.bpf.cleanup()
+            _drop_record(old.name)
+        old.close()
 
     def detach(self, name: str) -> None:
         """Detach the named program and drop its pins; NotFoundError lists what is attached."""
@@ -387,16 +454,18 @@ class ProgramManager:
             program.attachment.detach()
             if program.pinned:
                 _unpin(name)
-            program.bpf.cleanup()
+                _drop_record(name)
+            program.close()
             del self._programs[name]
 
     def detach_all(self, include_pinned: bool = True) -> list[str]:
         """Detach every program (pinned ones too unless ``include_pinned`` is False); returns their names."""
         done: list[str] = []
+        self._adopt_pinned()
         with self._lock:
             for name, program in list(self._programs.items()):
                 if program.pinned and not include_pinned:
-                    program.bpf.cleanup()        # closes fds; the kernel keeps the attachment and pins
+                    program.close()              # the kernel keeps the attachment, the pins keep the objects
                     del self._programs[name]
                     continue
                 try:
@@ -416,7 +485,9 @@ class ProgramManager:
             self._atexit_registered = True
 
     def frame(self) -> pd.DataFrame:
-        """What this kernel attached: name, type, target, function, attached_at, pinned, prog_id."""
+        """What this kernel attached (and pinned programs of earlier kernels): name, type, target, function,
+        attached_at, pinned, prog_id."""
+        self._adopt_pinned()
         rows = [{"name": p.name, "type": p.kind + (f" {p.direction}" if p.direction else ""), "target": p.target,
                  "function": p.function, "attached_at": pd.Timestamp(p.attached_at), "pinned": p.pinned,
                  "prog_id": p.prog_id} for p in self._programs.values()]
