@@ -129,6 +129,13 @@ class Lab:
 
         return pd.DataFrame(self._client.call("identity.list"), columns=["id", "labels"])
 
+    @property
+    def policy(self) -> Any:
+        """Policies of this lab: ``apply``, ``get``, ``delete``, ``audit``, ``explain`` and the live ``map``."""
+        from .policy.client import LabPolicy
+
+        return LabPolicy(self._client)
+
     def call(self, method: str, **params: Any) -> Any:
         """Call a local API method of the agent (e.g. ones the policy layer registers)."""
         return self._client.call(method, **params)

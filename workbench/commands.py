@@ -20,6 +20,7 @@ COMMAND_MODULES = [
     "workbench.kernelspec",
     "workbench.lab_cmd",
     "workbench.observe_cmd",
+    "workbench.policy_cmd",
 ]
 
 
