@@ -279,6 +279,31 @@ def test_tracepoint_on_tcp_state_changes_into_a_dataframe(ip, pair):
     assert prog.bpf.module is None
 
 
+PLAIN_TRACEPOINT = """\
+BPF_ARRAY(calls, u64, 1);
+
+int on_state(void *ctx) {
+    int key = 0;
+    u64 *n = calls.lookup(&key);
+    if (n)
+        __sync_fetch_and_add(n, 1);
+    return 0;
+}
+"""
+
+
+def test_tracepoint_with_a_plain_function_is_attached_by_name(ip, pair):
+    a, _ = pair
+    prog = ip.run_cell_magic("ebpf", "tracepoint sock:inet_sock_set_state", PLAIN_TRACEPOINT)
+    assert prog.name == "on_state" and prog.target == "sock:inet_sock_set_state"
+    connect = "import socket; s = socket.socket(); s.settimeout(1); s.connect_ex(('10.99.0.2', 9))"
+    sh("ip", "netns", "exec", a, sys.executable, "-c", connect)
+    assert counts(prog, "calls") >= 2
+    with pytest.raises(UsageError, match="no tracepoint sock:no_such_event"):
+        ip.run_cell_magic("ebpf", "tracepoint sock:no_such_event --name other", PLAIN_TRACEPOINT)
+    assert programs.manager().names() == ["on_state"]
+
+
 def test_compile_error_names_the_cell_line_and_keeps_the_previous_program(ip, pair):
     a, b = pair
     prog = ip.run_cell_magic("ebpf", f"xdp --dev b0 --netns {b}", XDP_COUNT)
