@@ -412,3 +412,34 @@ def _filter_ids(bed: Testbed, lxc: str) -> str:
     ids = [w for w in out.split() if w.isdigit()]
     assert "from_container" in out
     return " ".join(ids)
+
+
+# ---- periodic connection totals, L7 redirect marking, conntrack table ------------------------------
+
+
+def test_live_connections_report_totals_periodically_and_conntrack_lists_them() -> None:
+    options = {"cflags": ["-DCT_REPORT_INTERVAL_NS=100000000ULL"]}  # 100 ms instead of 5 s
+    with Testbed.create(lab_name(), {"a": A, "b": B}, datapath_options=options) as bed:
+        bed.serve("b", 80)
+        b = bed.endpoints["b"]
+        seen: list[np.ndarray] = []
+        bed.datapath.open_events(seen.append)
+        bed.datapath.policy_writer().apply([PolicyEntry(b.id, "ingress", A, TCP, 80, 16, proxy_port=15001)],
+                                           {(b.id, "ingress")})
+        with bed.connection("a", "b", 80) as conn:
+            for _ in range(8):
+                conn.sendall(b"tick")
+                assert conn.recv(16) == b"tick"
+                time.sleep(0.06)
+            table = bed.datapath.conntrack()
+            ingress = table[(table.direction == "INGRESS") & (table.dst_port == 80)]
+            assert len(ingress) == 1 and ingress.verdict.iloc[0] == "REDIRECTED"
+            assert ingress.proxy_port.iloc[0] == 15001 and ingress.packets.iloc[0] >= 9
+            assert not ingress.closed.iloc[0]
+        bed.datapath.poll_events(100)
+        ev = np.concatenate(seen)
+        stats = ev[(ev["event_type"] == layout.EVENT_CONN_STATS) & (ev["direction"] == layout.DIR_INGRESS)]
+        assert len(stats) >= 2
+        assert list(stats["packets"]) == sorted(stats["packets"]) and stats["packets"][-1] > stats["packets"][0]
+        verdict = ev[(ev["event_type"] == layout.EVENT_POLICY_VERDICT) & (ev["direction"] == layout.DIR_INGRESS)]
+        assert verdict["verdict"][0] == layout.VERDICTS["REDIRECTED"] and verdict["proxy_port"][0] == 15001

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 
+import pandas as pd
 import pytest
 
 from workbench.datapath import layout
@@ -111,3 +112,29 @@ def test_shadowed_slots_read_back_as_the_allows_they_were() -> None:
 def test_bad_entries_are_refused_naming_the_field(entry: PolicyEntry, field: str) -> None:
     with pytest.raises(ValidationError, match=field):
         to_slots([entry])
+
+
+def test_events_frame_decodes_records_in_hubble_vocabulary() -> None:
+    import numpy as np
+
+    from workbench.datapath.events import events_frame
+
+    rec = np.zeros(2, layout.FLOW_EVENT_DTYPE)
+    rec["saddr"] = int.from_bytes(bytes([10, 77, 0, 10]), "little")
+    rec["daddr"] = int.from_bytes(bytes([10, 77, 0, 11]), "little")
+    rec["sport"], rec["dport"], rec["proto"], rec["tcp_flags"] = 40000, 80, 6, 0x12
+    rec["verdict"] = [layout.VERDICTS["DROPPED"], layout.VERDICTS["AUDIT"]]
+    rec["drop_reason"] = [181, 133]
+    rec["event_type"] = [layout.EVENT_DROP, layout.EVENT_POLICY_VERDICT]
+    rec["direction"] = [layout.DIR_INGRESS, layout.DIR_EGRESS]
+    rec["match_type"] = [layout.MATCH_NONE, layout.MATCH_L3_L4]
+    rec["ktime_ns"] = [1_000, 2_000]
+    df = events_frame(rec, boot_offset_ns=1_700_000_000 * 10**9)
+    assert df.src_ip.tolist() == ["10.77.0.10"] * 2 and df.dst_ip.tolist() == ["10.77.0.11"] * 2
+    assert df.verdict.tolist() == ["DROPPED", "AUDIT"]
+    assert df.drop_reason_desc.tolist() == ["POLICY_DENY", "POLICY_DENIED"]
+    assert df.event_type.tolist() == ["drop", "policy-verdict"]
+    assert df.traffic_direction.tolist() == ["INGRESS", "EGRESS"]
+    assert df.policy_match_type.tolist() == ["none", "L3-L4"]
+    assert df.tcp_flags.tolist() == ["SYN,ACK"] * 2 and df.protocol.tolist() == ["TCP"] * 2
+    assert str(df.time.dt.tz) == "UTC" and df.time.iloc[1] - df.time.iloc[0] == pd.Timedelta(1000, "ns")

@@ -182,6 +182,12 @@ class Datapath:
         return pd.DataFrame(rows, columns=["verdict", "direction", "drop_reason", "drop_reason_desc",
                                            "packets", "bytes"])
 
+    def conntrack(self) -> pd.DataFrame:
+        """The conntrack table (see :func:`workbench.datapath.conntrack.conntrack_table`)."""
+        from .conntrack import conntrack_table
+
+        return conntrack_table(self.bpf)
+
     def lost_events(self) -> int:
         """Ring-buffer records the programs could not reserve (all CPUs)."""
         return sum(int(v) for v in self.bpf[b"events_lost"][self.bpf[b"events_lost"].Key(0)])

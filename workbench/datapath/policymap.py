@@ -15,6 +15,7 @@ all just shorter prefixes.
 from __future__ import annotations
 
 import errno
+import threading
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
@@ -208,6 +209,8 @@ class PolicyMapWriter:
         self.lab = lab
         self._rules: dict[Slot, tuple[str, ...]] = {}
         self.last_apply_timing: dict[str, float] = {}
+        # one writer at a time: apply() and the live edits read-modify-write generations
+        self._lock = threading.RLock()
 
     # -- reading ---------------------------------------------------------------------------
     def active_generation(self) -> int:
@@ -313,6 +316,10 @@ class PolicyMapWriter:
         programs over, then the old generation is deleted. On any failure the
         inactive generation is wiped and the previous policy stays in force.
         """
+        with self._lock:
+            self._apply(entries, enforced)
+
+    def _apply(self, entries: list[PolicyEntry], enforced: set[tuple[int, str]]) -> None:
         slots = to_slots(entries)
         for ep_id, direction in enforced:
             if direction not in layout.DIRECTIONS or not 0 <= ep_id <= 0xFFFF:
@@ -362,10 +369,11 @@ class PolicyMapWriter:
         # Read back the active policy (shadowed slots come back as the allows they
         # were), edit, and swap it in like any apply: the edit cannot leave the
         # map in a state where deny does not win.
-        entries = self.current()
-        if drop is not None:
-            entries = [e for e in entries if not drop(e)]
-        self.apply(entries + add, self.enforced())
+        with self._lock:
+            entries = self.current()
+            if drop is not None:
+                entries = [e for e in entries if not drop(e)]
+            self._apply(entries + add, self.enforced())
 
     @staticmethod
     def _entries_for(ep_id: int, direction: Direction, identity: int, protocol: int, port: int,
