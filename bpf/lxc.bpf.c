@@ -9,9 +9,9 @@
  * new pod needs map entries, not a compile.
  *
  * Per packet: parse -> (egress) anti-spoofing -> conntrack; established
- * connections and replies pass without a policy lookup; a new connection
- * gets a policy verdict (or AUDIT), a conntrack entry when admitted, and
- * events. Non-IPv4 (ARP, IPv6) passes untouched. */
+ * connections and replies pass without ipcache or policy lookups; a new
+ * connection gets the peer identity, a policy verdict (or AUDIT), a
+ * conntrack entry when admitted, and events. Non-IPv4 (ARP, IPv6) passes untouched. */
 #include <uapi/linux/bpf.h>
 #include <linux/pkt_cls.h>
 
@@ -47,6 +47,15 @@ static __always_inline void emit_conn(const struct ct_key *key, const struct ct_
     emit_event(&orig, &cfc, type, ct->verdict, 0, ct->match_type, ct->proxy_port, ct);
 }
 
+/* The peer's identity: ipcache (LPM) by the peer's address; addresses the
+ * ipcache does not know are "world", as in Cilium. */
+static __always_inline __u32 peer_identity_of(const struct pkt *p, __u8 dir)
+{
+    struct ipcache_key ik = {.prefixlen = 32, .addr = dir == WB_DIR_INGRESS ? p->saddr : p->daddr};
+    struct ipcache_value *iv = ipcache.lookup(&ik);
+    return iv ? iv->identity : WB_ID_WORLD;
+}
+
 static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 {
     struct endpoint_key ek = {.ifindex = skb->ifindex};
@@ -63,23 +72,14 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
     fc.ep_id = (__u16)ep->ep_id;
     fc.direction = dir;
 
-    /* Peer identity: ipcache by the peer's address; unknown addresses are
-     * "world", as in Cilium. */
-    __u32 peer_addr = dir == WB_DIR_INGRESS ? p.saddr : p.daddr;
-    struct ipcache_key ik = {.prefixlen = 32, .addr = peer_addr};
-    struct ipcache_value *iv = ipcache.lookup(&ik);
-    __u32 peer_identity = iv ? iv->identity : WB_ID_WORLD;
-    if (dir == WB_DIR_INGRESS) {
-        fc.src_identity = peer_identity;
-        fc.dst_identity = ep->identity;
-    } else {
+    if (dir == WB_DIR_EGRESS && p.saddr != ep->ipv4) {
         fc.src_identity = ep->identity;
-        fc.dst_identity = peer_identity;
+        fc.dst_identity = peer_identity_of(&p, dir);
+        return drop(&p, &fc, WB_DROP_INVALID_SOURCE_IP);
     }
 
-    if (dir == WB_DIR_EGRESS && p.saddr != ep->ipv4)
-        return drop(&p, &fc, WB_DROP_INVALID_SOURCE_IP);
-
+    /* Established connections and replies: no ipcache or policy lookup
+     * (the fast path; events of the connection use its stored identities). */
     __u64 now = bpf_ktime_get_ns();
     struct ct_key key = {};
     struct ct_value *ct = 0;
@@ -91,6 +91,15 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
             emit_conn(&key, ct, &p, &fc, report);
         count_verdict(WB_VERDICT_FORWARDED, dir, 0, p.len);
         return TC_ACT_OK;
+    }
+
+    __u32 peer_identity = peer_identity_of(&p, dir);
+    if (dir == WB_DIR_INGRESS) {
+        fc.src_identity = peer_identity;
+        fc.dst_identity = ep->identity;
+    } else {
+        fc.src_identity = ep->identity;
+        fc.dst_identity = peer_identity;
     }
 
     /* A new connection: the policy decides. */

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
@@ -443,3 +444,19 @@ def test_live_connections_report_totals_periodically_and_conntrack_lists_them() 
         assert list(stats["packets"]) == sorted(stats["packets"]) and stats["packets"][-1] > stats["packets"][0]
         verdict = ev[(ev["event_type"] == layout.EVENT_POLICY_VERDICT) & (ev["direction"] == layout.DIR_INGRESS)]
         assert verdict["verdict"][0] == layout.VERDICTS["REDIRECTED"] and verdict["proxy_port"][0] == 15001
+
+
+def test_events_that_do_not_fit_the_ring_are_counted_as_lost() -> None:
+    options = {"cflags": ["-DEVENTS_RING_PAGES=1"]}  # 4 KiB: room for a few dozen records
+    with Testbed.create(lab_name(), {"a": A, "b": B}, datapath_options=options) as bed:
+        b = bed.endpoints["b"]
+        bed.datapath.policy_writer().apply([], {(b.id, "ingress")})
+        sender = bed.socket_in("a", socket.SOCK_DGRAM)
+        try:
+            for _ in range(300):  # every datagram is a new drop: policy-verdict + drop records, nobody reads
+                sender.sendto(b"x", (b.ipv4, 53))
+        finally:
+            sender.close()
+        time.sleep(0.1)
+        assert drop_count(bed, 133, "INGRESS") >= 300
+        assert bed.datapath.lost_events() > 400
