@@ -7,6 +7,7 @@
  * Cilium's socket LB. One compile per lab: services and backends are map
  * entries (lib/lb.h).
  */
+#include "lib/maps.h"   /* not used here: one compile also gives the agent the ipcache/endpoints tables */
 #include "lib/lb.h"
 
 #define SYS_REJECT 0

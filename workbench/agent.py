@@ -96,6 +96,7 @@ class Agent:
         self.started = time.time()
         self.build_seconds = 0.0
         self.adopted = False
+        self.phases: dict[str, float] = {}
         self.maps: Any = None
         self.lb: SocketLB | None = None
         self.processes: dict[str, Any] = {}
@@ -122,15 +123,19 @@ class Agent:
         t0 = time.monotonic()
         self._join_cgroup(state.AGENT_CGROUP)
         cidrs = topology.lab_cidrs(self.pod_cidr, self.service_cidr)
-        self.maps = build.compile_object("maps_only.bpf.c", self.lab)
+        # One compile: the socket LB object also declares the lab's pinned ipcache and endpoints maps.
+        self.lb = SocketLB(self.lab)
+        self.maps = self.lb.bpf
         for cidr, identity in (("0.0.0.0/0", ID_WORLD), (WORLD_CIDR, ID_WORLD), (f"{WORLD_GATEWAY}/32", ID_HOST),
                                (f"{POD_GATEWAY}/32", ID_HOST)):
             build.ipcache_set(self.maps, cidr, identity)
+        self._phase("maps_and_socket_lb", t0)
         topology.create_node(self.lab)
         topology.create_world(self.lab, [self.pod_cidr, self.service_cidr])
-        self.lb = SocketLB(self.lab)
+        self._phase("node", t0)
         for module in AGENT_PLUGINS:
             importlib.import_module(module).setup(self)
+        self._phase("plugins", t0)
 
         pod_ips, cluster_ips = AddressPool(self.pod_cidr), AddressPool(self.service_cidr)
         for svc in self.spec.services:
@@ -144,7 +149,9 @@ class Agent:
         self.lb.set_frontends(self.frontends)
         self.services = [to_model(svc, ip, self.frontends) for svc, ip in services]
         self._write_hosts_files(services)
+        self._phase("pods", t0)
         self._start_apps()
+        self._phase("apps", t0)
         self.build_seconds = time.monotonic() - t0
         self.status = "ready"
         self._save_state()
@@ -159,8 +166,8 @@ class Agent:
         t0 = time.monotonic()
         self._join_cgroup(state.AGENT_CGROUP)
         saved = json.loads((self.dir / "state.json").read_text())
-        self.maps = build.compile_object("maps_only.bpf.c", self.lab)
         self.lb = SocketLB(self.lab)
+        self.maps = self.lb.bpf
         for module in AGENT_PLUGINS:
             importlib.import_module(module).setup(self)
         for data in saved["endpoints"]:
@@ -181,6 +188,10 @@ class Agent:
         self.adopted = True
         self.status = "ready"
         self._save_state()
+
+    def _phase(self, name: str, t0: float) -> None:
+        """Record when a build phase ended (seconds since the build started), for `lab status` and bench."""
+        self.phases[name] = round(time.monotonic() - t0 - sum(self.phases.values()), 3)
 
     def _join_cgroup(self, name: str) -> None:
         path = state.lab_cgroup(self.lab) / name
@@ -287,6 +298,7 @@ class Agent:
             "node_netns": topology.node_netns(self.lab), "world": WORLD_HOST,
             "pins": str(build.pin_dir(self.lab)), "state_dir": str(self.dir),
             "build_seconds": round(self.build_seconds, 3), "started": self.started, "adopted": self.adopted,
+            "build_phases": self.phases,
             "warnings": self.spec.warnings,
         }
 

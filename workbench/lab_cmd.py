@@ -33,6 +33,18 @@ def services_frame(services: list[dict[str, Any]]) -> Any:
     return pd.DataFrame(rows, columns=SERVICE_COLUMNS)
 
 
+class EndpointTable(TableResult):
+    """`endpoint list`: full rows for --json and notebooks, a narrower table in the terminal."""
+
+    def format_text(self) -> str:
+        if self.frame.empty:
+            return self.empty_text
+        shown = self.frame.drop(columns=["lxc", "ifindex"]).copy()
+        # The namespace-derived labels repeat the namespace column; the terminal shows the pod's own.
+        shown["labels"] = [", ".join(lbl for lbl in labels if "namespace" not in lbl) for labels in shown["labels"]]
+        return str(shown.to_string(index=False))
+
+
 def _add_name(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--name", "-l", default=DEFAULT_LAB, help=f"lab name (default: {DEFAULT_LAB})")
 
@@ -79,7 +91,7 @@ def _lab_status(args: argparse.Namespace) -> MessageResult:
 def _endpoint_list(args: argparse.Namespace) -> TableResult:
     from .client import AgentClient
 
-    return TableResult(endpoints_frame(AgentClient(args.name).call("endpoint.list")), empty_text="(no endpoints)")
+    return EndpointTable(endpoints_frame(AgentClient(args.name).call("endpoint.list")), empty_text="(no endpoints)")
 
 
 def _service_list(args: argparse.Namespace) -> TableResult:

@@ -171,3 +171,23 @@ def test_changed_manifests_after_a_crash_rebuild_with_the_same_identities(echo_l
     assert {pod: after[pod] for pod in before} == before
     assert after["extra"] not in before.values()
     assert lab.exec("client", "curl -s -m 3 http://echo/", check=True).stdout.startswith("{")
+
+
+def test_python_api_works_inside_a_running_event_loop() -> None:
+    """Notebook kernels run an asyncio loop; Lab.up/exec/down must not trip pyroute2 there."""
+    import asyncio
+
+    name = f"t{uuid.uuid4().hex[:7]}"
+
+    async def notebook_cell() -> str:
+        lab = wb.Lab.up(name=name)
+        try:
+            return lab.exec("xwing", "curl -s -XPOST deathstar.default.svc.cluster.local/v1/request-landing").stdout
+        finally:
+            lab.down()
+
+    try:
+        assert asyncio.run(notebook_cell()) == "Ship landed\n"
+        assert lab_inventory(name).empty()
+    finally:
+        state.teardown(name)
