@@ -103,10 +103,15 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
     }
 
     /* A new connection: the policy decides. */
-    struct policy_result res = {.outcome = WB_POLICY_ALLOW, .match_type = WB_MATCH_ALL};
+    struct policy_result res = {};
     __u8 gen = active_generation();
-    if (policy_enforced(gen, dir, fc.ep_id))
-        policy_lookup(gen, dir, fc.ep_id, peer_identity, p.proto, p.dport, p.len, &res);
+    policy_lookup(gen, dir, fc.ep_id, peer_identity, p.proto, p.dport, p.len, &res);
+    /* Not enforced in this direction (no policy selects it): what no entry
+     * allows passes, but a deny entry still wins. */
+    if (res.outcome == WB_POLICY_NO_MATCH && !policy_enforced(gen, dir, fc.ep_id)) {
+        res.outcome = WB_POLICY_ALLOW;
+        res.match_type = WB_MATCH_ALL;
+    }
 
     __u8 verdict = res.proxy_port ? WB_VERDICT_REDIRECTED : WB_VERDICT_FORWARDED;
     __u16 reason = 0;

@@ -134,6 +134,9 @@ SCENARIOS = [
         lambda e: {(e["b"], "ingress")}, [
         Probe("tcp", "a", "b", 80, False, 181), Probe("tcp", "c", "b", 80, False, 133)]),
     Scenario("deny-applies-without-enforcement", lambda e: [
+        PolicyEntry(e["b"], "ingress", C, TCP, 80, 16, deny=True)], lambda e: set(), [
+        Probe("tcp", "c", "b", 80, False, 181), Probe("tcp", "a", "b", 80, True), Probe("tcp", "c", "b", 81, True)]),
+    Scenario("deny-and-default-deny-together", lambda e: [
         PolicyEntry(e["b"], "ingress", C, TCP, 80, 16, deny=True)],
         lambda e: {(e["b"], "ingress")}, [
         Probe("tcp", "c", "b", 80, False, 181), Probe("tcp", "a", "b", 80, False, 133)]),
