@@ -50,3 +50,39 @@ def test_probe_is_as_expected_only_when_result_matches() -> None:
     assert probe.as_expected
     probe.ok = True
     assert not probe.as_expected
+
+
+def test_bench_manifest_has_the_requested_pod_count() -> None:
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))   # bench/ is not a package of the wheel
+    from bench.lab_bench import pods_manifest
+
+    spec = parse_manifests([pods_manifest(50)])
+    assert len(spec.pods) == 50
+    assert sum(p.app == "echo" for p in spec.pods) == 20
+
+
+def test_connectivity_report_text_json_and_exit_code() -> None:
+    from workbench.lab.connectivity import ConnectivityReport
+
+    good = Probe("x", "pod-to-world", "world", "192.0.2.10", 80, "TCP", ok=True, detail="HTTP/1.1 200 OK")
+    bad = Probe("x", "pod-to-world", "world", "192.0.2.10", 80, "UDP", ok=False, detail="timeout")
+    report = ConnectivityReport("demo", [good, bad])
+    assert report.exit_code == 1
+    assert report.to_json()["ok"] is False and len(report.to_json()["probes"]) == 2
+    text = report.format_text()
+    assert "UNEXPECTED" in text and "1 of 2 probes did not behave as expected" in text
+    assert ConnectivityReport("demo", [good]).exit_code == 0
+
+
+def test_endpoint_table_is_narrow_in_text_and_full_in_json() -> None:
+    from workbench.lab_cmd import EndpointTable, endpoints_frame
+
+    ep = {"id": 1, "identity": 256, "labels": ["k8s:org=empire", "k8s:io.kubernetes.pod.namespace=default"],
+          "ipv4": "10.244.0.10", "pod": "a", "namespace": "default", "app": "idle", "lxc": "lxc0", "ifindex": 3}
+    table = EndpointTable(endpoints_frame([ep]))
+    assert table.to_json()[0]["labels"] == ep["labels"] and table.to_json()[0]["ingress_enforcement"] is False
+    text = table.format_text()
+    assert "k8s:org=empire" in text and "pod.namespace" not in text and "lxc0" not in text
