@@ -39,13 +39,27 @@ def _name(vocabulary: list[str], code: int, missing: str) -> str:
     return vocabulary[code] if code >= 0 else missing
 
 
-def _combos(*columns: np.ndarray) -> list[tuple[tuple[int, ...], int]]:
-    """Distinct rows of small int columns with their counts."""
+def _combos(*columns: np.ndarray, radix: tuple[int, ...]) -> list[tuple[tuple[int, ...], int]]:
+    """Distinct rows of small int columns (values -1..radix-2) with their counts, via one bincount."""
     if len(columns[0]) == 0:
         return []
-    stacked = np.stack([c.astype(np.int64) for c in columns], axis=1)
-    uniq, counts = np.unique(stacked, axis=0, return_counts=True)
-    return [(tuple(int(x) for x in row), int(n)) for row, n in zip(uniq, counts, strict=True)]
+    key = np.zeros(len(columns[0]), np.int64)
+    for column, size in zip(columns, radix, strict=True):
+        key = key * size + (column.astype(np.int64) + 1)
+    counts = np.bincount(key, minlength=int(np.prod(radix)))
+    out = []
+    for flat in np.flatnonzero(counts).tolist():
+        n = int(counts[flat])
+        values = []
+        for size in reversed(radix):
+            flat, digit = divmod(flat, size)
+            values.append(digit - 1)
+        out.append((tuple(reversed(values)), n))
+    return out
+
+
+_R_TYPE, _R_DIR, _R_VERDICT = len(schema.EVENT_TYPES) + 1, len(schema.DIRECTIONS) + 1, len(schema.VERDICTS) + 1
+_R_PROTO, _R_MATCH, _R_REASON = len(schema.PROTOCOLS) + 1, len(schema.MATCH_TYPES) + 1, 257
 
 
 class FlowMetrics:
@@ -74,18 +88,21 @@ class FlowMetrics:
     def observe(self, batch: dict[str, np.ndarray]) -> None:
         """Count a batch of ring-code columns (see store.RING_COLUMNS)."""
         et, direction, verdict = batch["event_type"], batch["direction"], batch["verdict"]
-        for (e, d, v), n in _combos(et, direction, verdict):
+        for (e, d, v), n in _combos(et, direction, verdict, radix=(_R_TYPE, _R_DIR, _R_VERDICT)):
             kind, subtype = flow_type_labels(None if e < 0 else schema.EVENT_TYPES[e],
                                              None if d < 0 else schema.DIRECTIONS[d])
             self.flows_processed.labels(kind, subtype, _name(schema.VERDICTS, v, "VERDICT_UNKNOWN")).inc(n)
         drops = et == _DROP
         if drops.any():
-            for (reason, proto), n in _combos(batch["drop_reason"][drops], batch["protocol"][drops]):
+            # Codes above 255 are not Cilium's; they count under DROP_REASON_UNKNOWN like in the frame.
+            reasons = np.minimum(batch["drop_reason"][drops].astype(np.int64), 255)
+            for (reason, proto), n in _combos(reasons, batch["protocol"][drops], radix=(_R_REASON, _R_PROTO)):
                 self.drops.labels(schema.drop_reason_name(reason),
                                   _name(schema.PROTOCOLS, proto, "UNKNOWN")).inc(n)
         verdicts = et == _POLICY_VERDICT
         if verdicts.any():
-            for (d, mt, v), n in _combos(direction[verdicts], batch["match_type"][verdicts], verdict[verdicts]):
+            for (d, mt, v), n in _combos(direction[verdicts], batch["match_type"][verdicts], verdict[verdicts],
+                                         radix=(_R_DIR, _R_MATCH, _R_VERDICT)):
                 self.policy_verdicts.labels(_name(schema.DIRECTIONS, d, "unknown").lower(),
                                             _name(schema.MATCH_TYPES, mt, "none").lower(),
                                             _name(schema.VERDICTS, v, "unknown").lower()).inc(n)

@@ -353,14 +353,19 @@ class FlowStore:
     def __len__(self) -> int:
         return min(self.seq, self.capacity)
 
-    def _indices(self, last: int | None = None, after: int | None = None) -> np.ndarray:
+    def _read(self, last: int | None = None, after: int | None = None) -> Batch:
+        """Copies of the newest rows, oldest first (two memcpy slices at most; caller holds the lock)."""
         count = len(self)
         if after is not None:
             count = min(count, max(self.seq - after, 0))
         if last is not None:
             count = min(count, max(int(last), 0))
-        first_seq = self.seq - count
-        return (np.arange(first_seq, self.seq, dtype=np.int64) % self.capacity)
+        start = (self.seq - count) % self.capacity
+        end = start + count
+        if end <= self.capacity:
+            return {name: column[start:end].copy() for name, column in self._ring.items()}
+        wrap = end - self.capacity
+        return {name: np.concatenate([column[start:], column[:wrap]]) for name, column in self._ring.items()}
 
     def frame(self, last: int | None = None, after: int | None = None) -> pd.DataFrame:
         """The stored flows, oldest first, as a §6 DataFrame.
@@ -369,8 +374,7 @@ class FlowStore:
         sequence number ``after`` (``attrs["seq"]`` of an earlier frame: for --follow).
         """
         with self._lock:
-            idx = self._indices(last, after)
-            rows = {name: column[idx] for name, column in self._ring.items()}
+            rows = self._read(last, after)
             names = list(self.names.values)
             label_array = self._labels_pa()
             seq = self.seq
@@ -412,15 +416,33 @@ def _categorical_from_keys(keys: np.ndarray, fmt: Callable[[int], str | None]) -
 
 
 def _small_categorical(codes: np.ndarray, table: list[str]) -> pd.Categorical:
-    """Codes into a small interned table (negative = missing) -> categorical (O(n) via bincount)."""
-    valid = codes >= 0
-    present_codes: list[int] = (np.flatnonzero(np.bincount(codes[valid], minlength=len(table))).tolist()
-                                if valid.any() else [])
-    texts = sorted((table[c], c) for c in present_codes)
-    remap = np.full(len(table) + 1, -1, dtype=np.int64)
+    """Codes into a small interned table (-1 = missing) -> categorical (O(n) via one bincount)."""
+    counts = np.bincount(codes.astype(np.int64) + 1, minlength=len(table) + 1)
+    present = np.flatnonzero(counts[1:]).tolist()
+    texts = sorted((table[c], c) for c in present)
+    remap = np.full(len(table) + 1, -1, dtype=np.int32)   # remap[-1] stays -1: missing
     for rank, (_, c) in enumerate(texts):
         remap[c] = rank
     return pd.Categorical.from_codes(remap[codes], categories=pd.Index([t for t, _ in texts], dtype="str"))
+
+
+def _labels_column(codes: np.ndarray, label_sets: pa.Array) -> Any:
+    """Label-set codes -> list<string> column, built from offsets and one dictionary decode.
+
+    Cheaper than ``ListArray.take``: only the flat string values are copied.
+    """
+    if len(codes) == 0:
+        return pd.array([], dtype=schema.LABELS_DTYPE)
+    set_offsets = label_sets.offsets.to_numpy().astype(np.int64)
+    sizes = np.diff(set_offsets)
+    codes = codes.astype(np.int64)
+    row_sizes = sizes[codes]
+    offsets = np.zeros(len(codes) + 1, np.int32)
+    np.cumsum(row_sizes, out=offsets[1:])
+    # For each flat element: its set's first value + its position inside the row.
+    flat = np.repeat(set_offsets[:-1][codes] - offsets[:-1], row_sizes) + np.arange(offsets[-1], dtype=np.int64)
+    values = pa.DictionaryArray.from_arrays(pa.array(flat.astype(np.int32)), label_sets.flatten()).cast(pa.string())
+    return pd.array(pa.ListArray.from_arrays(pa.array(offsets), values), dtype=schema.LABELS_DTYPE)
 
 
 def _int_to_ip(value: int) -> str:
@@ -433,7 +455,6 @@ def _fixed(codes: np.ndarray, column: str) -> pd.Categorical:
 
 def build_frame(rows: Batch, names: list[Any], label_array: pa.Array) -> pd.DataFrame:
     """Ring-code columns -> a §6 DataFrame. Used for the store and for archived batches."""
-    n = len(rows["time_ns"])
     table = [v[1] if isinstance(v, tuple) else str(v) for v in names] or [""]
     protocol = rows["protocol"].astype(np.int64)
     flags = rows["tcp_flags"].astype(np.int64)
@@ -476,10 +497,8 @@ def build_frame(rows: Batch, names: list[Any], label_array: pa.Array) -> pd.Data
                                             lambda f: (tcp_flags_text(f) or None) if f >= 0 else None),
         "src_identity": rows["src_identity"].astype(np.uint32),
         "dst_identity": rows["dst_identity"].astype(np.uint32),
-        "src_labels": pd.array(label_array.take(pa.array(rows["src_labels"].astype(np.int32))),
-                               dtype=schema.LABELS_DTYPE) if n else pd.array([], dtype=schema.LABELS_DTYPE),
-        "dst_labels": pd.array(label_array.take(pa.array(rows["dst_labels"].astype(np.int32))),
-                               dtype=schema.LABELS_DTYPE) if n else pd.array([], dtype=schema.LABELS_DTYPE),
+        "src_labels": _labels_column(rows["src_labels"], label_array),
+        "dst_labels": _labels_column(rows["dst_labels"], label_array),
         "src_pod": _small_categorical(rows["src_pod"], table),
         "dst_pod": _small_categorical(rows["dst_pod"], table),
         "src_namespace": _small_categorical(rows["src_ns"], table),
