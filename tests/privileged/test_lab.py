@@ -301,3 +301,24 @@ def test_unprivileged_commands_fail_with_one_clear_line(demo: str, args: list[st
     assert proc.returncode == 1
     assert proc.stderr.startswith("error: ") and "needs root" in proc.stderr, proc.stderr
     assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
+
+
+def test_socket_lb_is_attached_to_every_pod_cgroup_and_nowhere_else(demo: str) -> None:
+    from workbench import system
+
+    expected = {("cgroup_inet4_connect", "sock4_connect"), ("cgroup_udp4_sendmsg", "sock4_sendmsg"),
+                ("cgroup_udp4_recvmsg", "sock4_recvmsg"), ("cgroup_inet4_getpeername", "sock4_getpeername")}
+
+    def attached(path: Path) -> set[tuple[str, str]]:
+        out = subprocess.run(["bpftool", "-j", "cgroup", "show", str(path)], capture_output=True, text=True).stdout
+        return {(p["attach_type"], p["name"]) for p in json.loads(out or "[]")}
+
+    for ep in endpoints(demo):
+        assert attached(state.pod_cgroup(demo, str(ep["pod"]))) == expected, ep["pod"]
+    root = system.cgroup2_root()
+    assert root is not None
+    # the machine's own processes are never load-balanced: nothing on the root or the lab's parent cgroup
+    assert not {name for _, name in attached(root)} & {name for _, name in expected}
+    assert not attached(state.lab_cgroup(demo))
+    pins = {p.name for p in (system.PIN_ROOT / demo).iterdir()}
+    assert {"lb4_services", "lb4_backends", "lb4_sock_revnat", "sock4_connect"} <= pins
