@@ -311,7 +311,7 @@ def test_socket_lb_is_attached_to_every_pod_cgroup_and_nowhere_else(demo: str) -
 
     def attached(path: Path) -> set[tuple[str, str]]:
         out = subprocess.run(["bpftool", "-j", "cgroup", "show", str(path)], capture_output=True, text=True).stdout
-        return {(p["attach_type"], p["name"]) for p in json.loads(out or "[]")}
+        return {(p["attach_type"], p["name"]) for p in json.loads(out.strip() or "[]")}
 
     for ep in endpoints(demo):
         assert attached(state.pod_cgroup(demo, str(ep["pod"]))) == expected, ep["pod"]
