@@ -12,7 +12,7 @@ if [ "$(id -u)" -ne 0 ]; then
 fi
 
 APT_PACKAGES=(python3-bpfcc python3-venv python3-dev linux-headers-amd64 bpftool iproute2 iptables
-              iperf3 curl chromium procps)
+              iperf3 curl chromium procps iputils-ping)
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

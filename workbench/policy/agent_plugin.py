@@ -262,3 +262,5 @@ def setup(agent: Any) -> None:
     agent.register_method("policy.map.edit", service.edit_map)
     agent.register_method("bpf.policy.get", service.bpf_policy)
     agent.register_method("connectivity.expect", service.expect)
+    agent.register_method("datapath.metrics",
+                          lambda: service.datapath.metrics().to_dict(orient="records"))
