@@ -43,7 +43,7 @@ def _max_entries(fd: int) -> int:
 def framed_dtype(event: np.dtype) -> np.dtype:
     """The event dtype behind its ring-buffer header, padded to the ring's 8-byte alignment."""
     names = list(event.names or ())
-    fields = event.fields or {}
+    fields: dict[str, tuple[np.dtype, int]] = dict(event.fields or {})  # type: ignore[arg-type]
     stride = (HEADER + event.itemsize + 7) // 8 * 8
     return np.dtype({"names": ["hdr_len", "hdr_pg", *names],
                      "formats": ["<u4", "<u4", *[fields[n][0] for n in names]],
