@@ -88,6 +88,17 @@ def _lab_status(args: argparse.Namespace) -> MessageResult:
     return MessageResult(text, status, exit_code=0 if status["status"] == "ready" else 1)
 
 
+def _lab_list(args: argparse.Namespace) -> TableResult:
+    import pandas as pd
+
+    from .lab.lifecycle import lab_status
+    from .lab.state import known_labs
+
+    rows = [lab_status(name) for name in known_labs()]
+    frame = pd.DataFrame(rows, columns=["lab", "status", "pods", "services", "agent_pid", "pod_cidr"])
+    return TableResult(frame, empty_text="(no labs on this node)")
+
+
 def _endpoint_list(args: argparse.Namespace) -> TableResult:
     from .client import AgentClient
 
@@ -137,6 +148,9 @@ def register(sub: Any) -> None:
     up.add_argument("--service-cidr", default=DEFAULT_SERVICE_CIDR)
     down = lab_sub.add_parser("down", help="remove the lab (idempotent; also after a crash)")
     status = lab_sub.add_parser("status", help="the lab's agent and counts")
+    listing = lab_sub.add_parser("list", help="the labs on this node")
+    add_json_flag(listing)
+    listing.set_defaults(func=_lab_list)
     for parser, handler in ((up, _lab_up), (down, _lab_down), (status, _lab_status)):
         _add_name(parser)
         add_json_flag(parser)

@@ -322,3 +322,10 @@ def test_socket_lb_is_attached_to_every_pod_cgroup_and_nowhere_else(demo: str) -
     assert not attached(state.lab_cgroup(demo))
     pins = {p.name for p in (system.PIN_ROOT / demo).iterdir()}
     assert {"lb4_services", "lb4_backends", "lb4_sock_revnat", "sock4_connect"} <= pins
+
+
+def test_lab_list_shows_the_running_lab(demo: str) -> None:
+    proc = wb("lab", "list", "--json")
+    assert proc.returncode == 0
+    rows = {row["lab"]: row for row in json.loads(proc.stdout)}
+    assert rows[demo]["status"] == "ready" and rows[demo]["pods"] == 4

@@ -119,6 +119,8 @@ def lab_status(name: str = state.DEFAULT_LAB) -> dict[str, Any]:
     client = AgentClient(name)
     if client.alive():
         return dict(client.call("lab.status"))
+    if state.agent_running(name):
+        return {"lab": name, "status": "starting", "detail": "the agent is building the lab"}
     if state.leftovers(name):
         return {"lab": name, "status": "broken",
                 "detail": "the agent is not running but lab state exists; run `workbench lab down "

@@ -72,14 +72,15 @@ def pod_cgroup(lab: str, pod: str) -> Path:
 
 
 def known_labs() -> list[str]:
-    """Labs with a state dir or a node netns on this machine."""
-    names = set()
-    if system.RUN_ROOT.exists():
-        names |= {p.name for p in system.RUN_ROOT.iterdir() if p.is_dir() and _LAB_NAME.match(p.name)}
-    for ns in netlink.list_netns(system.NETNS_PREFIX):
-        if ns.endswith("-node"):
-            names.add(ns[len(system.NETNS_PREFIX):-len("-node")])
-    return sorted(n for n in names if _LAB_NAME.match(n))
+    """Labs with a state dir on this node (running, starting, or left by a dead agent)."""
+    if not system.RUN_ROOT.exists():
+        return []
+    return sorted(p.name for p in system.RUN_ROOT.iterdir() if p.is_dir() and _LAB_NAME.match(p.name))
+
+
+def agent_running(lab: str) -> bool:
+    """Is the lab's agent process alive (it may still be building and not answer yet)?"""
+    return _agent_pid(lab) is not None
 
 
 def leftovers(lab: str) -> bool:
