@@ -55,3 +55,26 @@ def _jsonable(filters: dict[str, Any]) -> dict[str, Any]:
             value = value.isoformat()
         out[key] = value
     return out
+
+
+# -- what `Lab` (workbench/api.py) exposes, in one call each -------------------------------------
+
+def lab_metrics(lab: str | None = None) -> pd.DataFrame:
+    """``lab.metrics()``: the exposition parsed into name, labels, value, type."""
+    from .metrics import metrics_frame
+
+    return metrics_frame(agent_metrics_text(lab))
+
+
+def lab_dashboard(lab: str | None = None, *, start: bool = True, **options: Any) -> Any:
+    """``lab.observe()``: the live dashboard, polling the agent for new flows every second."""
+    from .dashboard import observe_dashboard
+
+    return observe_dashboard(lambda after: agent_flows(lab, after=after), start=start, **options)
+
+
+def lab_service_map(lab: str | None = None, **filters: Any) -> Any:
+    """``lab.service_map()``: the service map of the lab's stored flows."""
+    from .servicemap import service_map
+
+    return service_map(agent_flows(lab, **filters), title=f"Service map of lab {lab or DEFAULT_LAB}")
