@@ -329,3 +329,35 @@ def test_lab_list_shows_the_running_lab(demo: str) -> None:
     assert proc.returncode == 0
     rows = {row["lab"]: row for row in json.loads(proc.stdout)}
     assert rows[demo]["status"] == "ready" and rows[demo]["pods"] == 4
+
+
+L3_L4_POLICY = """
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: rule1}
+spec:
+  endpointSelector: {matchLabels: {org: empire, class: deathstar}}
+  ingress:
+  - fromEndpoints: [{matchLabels: {org: empire}}]
+    toPorts: [{ports: [{port: "80", protocol: TCP}]}]
+"""
+
+
+def test_connectivity_test_expects_what_the_active_policy_allows(tmp_path: Path) -> None:
+    """With the getting-started L3/L4 policy, xwing->deathstar must fail and does: exit 0, not 1."""
+    name = lab_name()
+    policy = tmp_path / "rule1.yaml"
+    policy.write_text(L3_L4_POLICY)
+    try:
+        assert wb("lab", "up", "--name", name).returncode == 0
+        applied = wb("policy", "apply", "--name", name, str(policy))
+        assert applied.returncode == 0, applied.stderr
+        proc = wb("connectivity", "test", "--name", name, "--json")
+        report = json.loads(proc.stdout)
+        assert proc.returncode == 0 and report["ok"], proc.stdout
+        blocked = {(p["source"], p["kind"]) for p in report["probes"] if not p["expected"]}
+        assert blocked == {("xwing", "pod-to-pod"), ("xwing", "pod-to-service")}
+        assert all(p["ok"] == p["expected"] for p in report["probes"])
+    finally:
+        state.teardown(name)
+        assert_lab_gone(name)
