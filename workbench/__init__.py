@@ -16,7 +16,7 @@ from typing import Any
 
 from .errors import NotFoundError, PrivilegeError, SetupError, ValidationError, WorkbenchError
 
-__all__ = ["status", "Lab", "WorkbenchError", "SetupError", "PrivilegeError", "NotFoundError", "ValidationError",
+__all__ = ["status", "program", "Lab", "WorkbenchError", "SetupError", "PrivilegeError", "NotFoundError", "ValidationError",
            "load_ipython_extension"]
 __version__ = "0.1.0"
 
@@ -35,6 +35,19 @@ def __getattr__(name: str) -> Any:
 
         return Lab
     raise AttributeError(f"module 'workbench' has no attribute {name!r}")
+
+
+def program(name: str) -> Any:
+    """A program this kernel attached with ``%%ebpf`` (its maps as DataFrames).
+
+    Example::
+
+        counter = wb.program("count_packets")
+        counter.maps["counts"].to_frame()
+    """
+    from .notebook.programs import manager
+
+    return manager().get(name)
 
 
 def load_ipython_extension(ipython: Any) -> None:

@@ -19,6 +19,10 @@ def main() -> None:
     if missing_capabilities() and os.environ.get("WORKBENCH_NO_SUDO") != "1" and shutil.which("sudo"):
         if os.system("sudo -n true 2>/dev/null") == 0:
             os.execvp("sudo", ["sudo", "-n", "-E", sys.executable, "-m", "workbench.kernel_launcher", *sys.argv[1:]])
+    # `!workbench ...` in a cell must find the CLI of this venv, activated or not.
+    bin_dir = os.path.dirname(sys.executable)
+    if bin_dir not in os.environ.get("PATH", "").split(os.pathsep):
+        os.environ["PATH"] = bin_dir + os.pathsep + os.environ.get("PATH", "")
     from ipykernel import kernelapp
 
     kernelapp.launch_new_instance(argv=[*sys.argv[1:], "--ext=workbench"])
