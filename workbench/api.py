@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import html
 import shlex
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -76,9 +77,11 @@ class Lab:
         """
         spec = _spec_from(manifests)
         outcome = start_lab(spec, name, pod_cidr=pod_cidr, service_cidr=service_cidr)
-        lab = cls(name, warnings=outcome.warnings)
+        lab = cls(name, warnings=list(outcome.warnings))
         if outcome.already_up:
             lab.warnings.append(f"lab {name} was already up; connected to it (manifests not applied)")
+        for message in lab.warnings:     # shown under the notebook cell
+            warnings.warn(message, UserWarning, stacklevel=2)
         return lab
 
     @classmethod

@@ -129,7 +129,8 @@ def test_short_service_name_resolves_only_in_its_namespace(echo_lab: wb.Lab) -> 
 
 
 def test_lab_up_again_connects_and_warns(echo_lab: wb.Lab) -> None:
-    again = wb.Lab.up(ECHO_LAB, name=echo_lab.name)
+    with pytest.warns(UserWarning, match=f"lab {echo_lab.name} was already up"):
+        again = wb.Lab.up(ECHO_LAB, name=echo_lab.name)
     assert any("already up" in w for w in again.warnings)
 
 
