@@ -117,7 +117,7 @@ class FlowStore:
         self._label_array: pa.Array | None = None
         self._ep_cache: tuple[int, np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None = None
         self._svc_cache: tuple[int, np.ndarray] | None = None
-        self._ident_cache: dict[tuple[int, int], int] = {}
+        self._ident_table: tuple[int, np.ndarray, np.ndarray] | None = None
         self._seen_pods: set[str] = set()
         self.set_clock(clock)
         self._listeners: list[Callable[[Batch], None]] = []
@@ -282,7 +282,6 @@ class FlowStore:
             labels = np.array([self.label_sets.code(tuple(ep.labels)) for ep in t.ep_rows], np.int32)
             self._ep_cache = (t.version, pods, nss, idents, labels)
             self._seen_pods.update(f"{ep.namespace}/{ep.pod}" for ep in t.ep_rows)
-            self._ident_cache = {}
         return self._ep_cache[1:]
 
     def _service_codes(self, t: _Tables) -> np.ndarray:
@@ -291,15 +290,18 @@ class FlowStore:
         return self._svc_cache[1]
 
     def _labels_for(self, t: _Tables, identities: np.ndarray) -> np.ndarray:
-        uniq, inverse = np.unique(identities, return_inverse=True)
-        codes = np.empty(len(uniq), np.int32)
-        for i, ident in enumerate(uniq.tolist()):
-            key = (t.version, ident)
-            code = self._ident_cache.get(key)
-            if code is None:
-                code = self._ident_cache[key] = self.label_sets.code(tuple(t.identity_labels.get(ident, ())))
-            codes[i] = code
-        return codes[inverse.reshape(-1)]
+        """Identity -> label-set code. Known identities by one searchsorted; others once each."""
+        if self._ident_table is None or self._ident_table[0] != t.version:
+            ids = np.array(sorted(t.identity_labels), dtype=np.uint32)
+            codes = np.array([self.label_sets.code(tuple(t.identity_labels[int(i)])) for i in ids], np.int32)
+            self._ident_table = (t.version, ids, codes)
+        _, ids, codes = self._ident_table
+        row = lookup_sorted(ids, identities)
+        out = np.where(row >= 0, codes[np.maximum(row, 0)] if len(codes) else 0, -1).astype(np.int32)
+        unknown = row < 0
+        if unknown.any():   # identities the context does not know (yet): no labels
+            out[unknown] = self.label_sets.code(())
+        return out
 
     def _enrich_common(self, b: Batch) -> Batch:
         t = self.context.tables
@@ -415,6 +417,19 @@ def _categorical_from_keys(keys: np.ndarray, fmt: Callable[[int], str | None]) -
                                      categories=pd.Index(present, dtype="str"))
 
 
+def _categorical_from_range(keys: np.ndarray, low: int, high: int,
+                            fmt: Callable[[int], str | None]) -> pd.Categorical:
+    """Like _categorical_from_keys for keys known to lie in [low, high]: one bincount, no hashing."""
+    shifted = keys.astype(np.int64) - low
+    present = np.flatnonzero(np.bincount(shifted, minlength=high - low + 1)).tolist()
+    texts = [(fmt(k + low), k) for k in present]
+    ordered = sorted((t, k) for t, k in texts if t is not None)
+    remap = np.full(high - low + 1, -1, dtype=np.int32)
+    for rank, (_, k) in enumerate(ordered):
+        remap[k] = rank
+    return pd.Categorical.from_codes(remap[shifted], categories=pd.Index([t for t, _ in ordered], dtype="str"))
+
+
 def _small_categorical(codes: np.ndarray, table: list[str]) -> pd.Categorical:
     """Codes into a small interned table (-1 = missing) -> categorical (O(n) via one bincount)."""
     counts = np.bincount(codes.astype(np.int64) + 1, minlength=len(table) + 1)
@@ -493,8 +508,8 @@ def build_frame(rows: Batch, names: list[Any], label_array: pa.Array) -> pd.Data
         "protocol": _fixed(rows["protocol"], "protocol"),
         "src_port": rows["src_port"].astype(np.uint16),
         "dst_port": rows["dst_port"].astype(np.uint16),
-        "tcp_flags": _categorical_from_keys(np.where(tcp, flags, -1),
-                                            lambda f: (tcp_flags_text(f) or None) if f >= 0 else None),
+        "tcp_flags": _categorical_from_range(np.where(tcp, flags, -1), -1, 255,
+                                             lambda f: (tcp_flags_text(f) or None) if f >= 0 else None),
         "src_identity": rows["src_identity"].astype(np.uint32),
         "dst_identity": rows["dst_identity"].astype(np.uint32),
         "src_labels": _labels_column(rows["src_labels"], label_array),
@@ -513,7 +528,8 @@ def build_frame(rows: Batch, names: list[Any], label_array: pa.Array) -> pd.Data
                                                 rows["l7_latency_ns"] < 0),
         "bytes": rows["bytes"].astype(np.int64),
         "node_name": _small_categorical(rows["node"], table),
-        "summary": _categorical_from_keys(summary_keys.astype(np.int64), summary_text),
+        "summary": _categorical_from_range(summary_keys, -2 - (255 * 256 + 255), max(len(table), 1),
+                                           summary_text),
     }
     frame = pd.DataFrame(data)
     frame.attrs["lost_events"] = 0
