@@ -128,7 +128,9 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
     emit_event(&p, &fc, WB_EVENT_POLICY_VERDICT, verdict, reason, res.match_type, res.proxy_port, 0);
     ct_create(&key, &p, now, fc.src_identity, fc.dst_identity, fc.ep_id, verdict, res.match_type,
               res.proxy_port);
-    emit_event(&p, &fc, WB_EVENT_TRACE, verdict, reason, res.match_type, res.proxy_port, 0);
+    /* the trace says what happened to the packet: it went on (audit or not) */
+    emit_event(&p, &fc, WB_EVENT_TRACE, res.proxy_port ? WB_VERDICT_REDIRECTED : WB_VERDICT_FORWARDED, 0,
+               res.match_type, res.proxy_port, 0);
     count_verdict(verdict, dir, reason, p.len);
     return TC_ACT_OK;
 }

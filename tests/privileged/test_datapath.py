@@ -221,9 +221,22 @@ def test_audit_mode_passes_and_counts_the_would_be_drop(clean: Testbed) -> None:
     b = bed.endpoints["b"]
     bed.datapath.policy_writer().apply([], {(b.id, "ingress")})
     bed.datapath.set_audit(b.id, True)
+    seen: list[np.ndarray] = []
+    bed.datapath.open_events(seen.append)
+    bed.datapath.poll_events(0)
+    seen.clear()
     audited = drop_count(bed, 133, "INGRESS", verdict="AUDIT")
     assert bed.tcp("a", "b", 80)
     assert drop_count(bed, 133, "INGRESS", verdict="AUDIT") > audited
+    bed.datapath.poll_events(100)
+    ev = np.concatenate(seen)
+    ev = ev[(ev["dport"] == 80) & (ev["direction"] == layout.DIR_INGRESS)]
+    verdicts = ev[ev["event_type"] == layout.EVENT_POLICY_VERDICT]
+    assert [(int(v), int(r)) for v, r in zip(verdicts["verdict"], verdicts["drop_reason"], strict=True)] == \
+        [(layout.VERDICTS["AUDIT"], 133)]
+    traces = ev[ev["event_type"] == layout.EVENT_TRACE]
+    assert list(traces["verdict"]) == [layout.VERDICTS["FORWARDED"]]
+    assert not (ev["event_type"] == layout.EVENT_DROP).any()
     bed.datapath.set_audit(b.id, False)
     assert not bed.tcp("a", "b", 81)
     with pytest.raises(Exception, match="no endpoint 999"):

@@ -70,6 +70,7 @@ class Datapath:
         self._programs = {name: self.bpf.load_func(name, BPF.SCHED_CLS) for name, _ in PROGRAMS}
         self._writer: PolicyMapWriter | None = None
         self._ring_open = False
+        self._event_callback: Callable[[np.ndarray], None] | None = None
 
     # -- attaching -------------------------------------------------------------------------
     def _write_endpoint(self, ep: Endpoint, ifindex: int) -> None:
@@ -154,10 +155,18 @@ class Datapath:
 
     # -- observing -------------------------------------------------------------------------
     def open_events(self, callback: Callable[[np.ndarray], None]) -> None:
-        """Call ``callback`` with each flow event (a 1-record array of FLOW_EVENT_DTYPE) on :meth:`poll_events`."""
+        """Call ``callback`` with each flow event (a 1-record array of FLOW_EVENT_DTYPE) on :meth:`poll_events`.
+
+        Calling it again replaces the callback (BCC opens a ring only once).
+        """
+        self._event_callback = callback
+        if self._ring_open:
+            return
 
         def on_event(_ctx: Any, data: Any, size: int) -> int:
-            callback(np.frombuffer(ctypes.string_at(data, size), dtype=layout.FLOW_EVENT_DTYPE, count=1))
+            record = np.frombuffer(ctypes.string_at(data, size), dtype=layout.FLOW_EVENT_DTYPE, count=1)
+            if self._event_callback is not None:
+                self._event_callback(record)
             return 0
 
         self.bpf[b"events"].open_ring_buffer(on_event)
