@@ -102,6 +102,7 @@ def _follow(args: argparse.Namespace, filters: dict[str, Any]) -> MessageResult:
     lost = int(frame.attrs.get("lost_events", 0))
     _print(render(frame, args.output))
     filters.pop("last", None)
+    filters.pop("since", None)   # from here on, "after seq" selects the new flows
     try:
         while True:
             time.sleep(args.interval)

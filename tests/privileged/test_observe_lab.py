@@ -116,3 +116,32 @@ def test_rule1_flows_from_the_agent(lab, tmp_path):
     dash = remote.lab_dashboard(lab.name, start=False)
     assert dash.total >= len(everything)
     assert any(sum(t.y) > 0 for t in dash.rate.data if t.name == "DROPPED")
+
+
+def test_follow_prints_new_flows_as_they_happen(lab):
+    import json
+    import queue
+    import threading
+
+    proc = subprocess.Popen([sys.executable, "-m", "workbench", "observe", "--name", lab.name, "--follow",
+                             "--from-pod", "tiefighter", "--to-port", "80", "--since", "1s", "-o", "json"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    lines: queue.Queue[str] = queue.Queue()
+    threading.Thread(target=lambda: [lines.put(line) for line in proc.stdout], daemon=True).start()
+    try:
+        time.sleep(1.5)   # the first poll has happened; what follows is new
+        assert lab.exec("tiefighter", f"curl -s -m 3 -XPOST {URL}").stdout.strip() == "Ship landed"
+        deadline = time.monotonic() + 10
+        flows = []
+        while time.monotonic() < deadline and not flows:
+            try:
+                record = json.loads(lines.get(timeout=0.5))
+            except queue.Empty:
+                continue
+            if "src_pod" in record:
+                flows.append(record)
+        assert flows, f"no flow printed by --follow; stderr: {proc.stderr.read() if proc.poll() is not None else ''}"
+        assert flows[0]["src_pod"] == "tiefighter" and flows[0]["dst_port"] == 80
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
