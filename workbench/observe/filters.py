@@ -79,17 +79,33 @@ def parse_time(value: Any, name: str = "since", now: pd.Timestamp | None = None)
 def _pods_mask(frame: pd.DataFrame, side: str, values: list[str], known: list[str]) -> np.ndarray:
     """Hubble's pod filter: "pod" or "namespace/pod", the name matching as a prefix."""
     mask = np.zeros(len(frame), bool)
-    pods = frame[f"{side}_pod"].astype("object")
-    nss = frame[f"{side}_namespace"].astype("object")
+    pods, nss = frame[f"{side}_pod"], frame[f"{side}_namespace"]
+    pod_names = _distinct(pods)
     for value in values:
         namespace, _, pod = str(value).rpartition("/")
         if known and not any(_pod_matches(k, namespace, pod) for k in known):
             raise ValidationError(f"unknown pod {value!r}", hint=f"pods: {', '.join(sorted(set(known)))}")
-        hit = pods.fillna("").str.startswith(pod).to_numpy(bool) & pods.notna().to_numpy(bool)
+        # Decide per distinct pod name (a handful), then select rows with isin.
+        hit = pods.isin([p for p in pod_names if p.startswith(pod)]).to_numpy(bool, copy=True)
         if namespace:
             hit &= (nss == namespace).to_numpy(bool)
         mask |= hit
     return mask
+
+
+def _pods_in(frame: pd.DataFrame) -> set[str]:
+    """"namespace/pod" of both sides, from the distinct pairs (no per-row Python)."""
+    out: set[str] = set()
+    for side in ("src", "dst"):
+        pairs = frame[[f"{side}_namespace", f"{side}_pod"]].dropna(subset=[f"{side}_pod"]).drop_duplicates()
+        out.update(f"{'' if pd.isna(ns) else ns}/{pod}" for ns, pod in pairs.itertuples(index=False))
+    return out
+
+
+def _distinct(column: pd.Series) -> list[str]:
+    if isinstance(column.dtype, pd.CategoricalDtype):
+        return [str(c) for c in column.cat.categories]
+    return [str(v) for v in column.dropna().unique()]
 
 
 def _pod_matches(known: str, namespace: str, pod: str) -> bool:
@@ -114,9 +130,10 @@ def _labels_mask(frame: pd.DataFrame, side: str, selectors: list[str]) -> np.nda
     if not len(frame):
         return result
     lists = _as_list_array(frame[f"{side}_labels"])
-    flat = pc.list_flatten(lists).to_numpy(zero_copy_only=False).astype(str)
+    encoded = pc.list_flatten(lists).dictionary_encode()   # hash once; decide per distinct label
+    uniq = np.array(encoded.dictionary.to_pylist(), dtype=object)
+    inverse = encoded.indices.to_numpy(zero_copy_only=False)
     parents = pc.list_parent_indices(lists).to_numpy()
-    uniq, inverse = np.unique(flat, return_inverse=True)
     stripped = np.array([_strip_source(x) for x in uniq], dtype=object)
     for selector in selectors:
         rows = np.ones(len(frame), bool)
@@ -143,18 +160,15 @@ def _as_list_array(column: pd.Series) -> pa.Array:
 
 def _ip_mask(series: pd.Series, values: list[str]) -> np.ndarray:
     mask = np.zeros(len(series), bool)
-    ips = series.astype("object")
+    addresses = _distinct(series)
     for value in values:
         try:
             net = ipaddress.ip_network(str(value), strict=False)
         except ValueError as err:
             raise ValidationError(f"invalid IP or CIDR {value!r}") from err
-        if net.num_addresses == 1:
-            mask |= (ips == str(net.network_address)).to_numpy(bool)
-        else:
-            cats = series.cat.categories
-            inside = [c for c in cats if ipaddress.ip_address(c) in net]
-            mask |= series.isin(inside).to_numpy(bool)
+        # Decide per distinct address, then select rows with isin.
+        inside = [a for a in addresses if ipaddress.ip_address(a) in net]
+        mask |= series.isin(inside).to_numpy(bool)
     return mask
 
 
@@ -209,11 +223,7 @@ def flows(source: pd.DataFrame | FlowSource, **filters: Any) -> pd.DataFrame:
     filters = {k: v for k, v in filters.items() if v is not None and not (isinstance(v, (list, tuple)) and not v)}
     if isinstance(source, pd.DataFrame):
         frame = source
-        known = list(frame.attrs.get("known_pods", []))
-        known += [f"{ns}/{p}" for side in ("src", "dst")
-                  for ns, p in zip(frame[f"{side}_namespace"].astype("object").fillna(""),
-                                   frame[f"{side}_pod"].astype("object"), strict=True) if isinstance(p, str)]
-        known = sorted(set(known))
+        known = sorted(set(frame.attrs.get("known_pods", [])) | _pods_in(frame))
     else:
         frame = source.frame()
         known = source.known_pods()
@@ -287,8 +297,9 @@ def flows(source: pd.DataFrame | FlowSource, **filters: Any) -> pd.DataFrame:
                     regex = re.compile(str(pattern))
                 except re.error as err:
                     raise ValidationError(f"http_path: invalid regular expression {pattern!r}: {err}") from err
-                urls = frame.http_url.astype("object")
-                hit |= np.array([isinstance(u, str) and regex.search(_url_path(u)) is not None for u in urls], bool)
+                codes, urls = pd.factorize(frame.http_url)   # regex once per distinct URL
+                matches = np.array([regex.search(_url_path(str(u))) is not None for u in urls] + [False], bool)
+                hit |= matches[codes]
             mask &= hit
         elif name == "http_status":
             mask &= _status_mask(frame.http_code, _values(value))
