@@ -6,8 +6,6 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
-
 from .commands import MessageResult, TableResult, add_json_flag
 from .lab.state import DEFAULT_LAB
 
@@ -27,6 +25,8 @@ def _apply(args: argparse.Namespace) -> MessageResult | TableResult:
             raise NotFoundError(f"policy file {path} does not exist")
     outcome = _policy(args).apply([Path(p) for p in args.files], dry_run=args.dry_run)
     if args.dry_run:
+        import pandas as pd
+
         frame = pd.DataFrame(outcome["rows"])
         return TableResult(frame, empty_text=f"dry run: {outcome['summary']} (nothing applied)")
     timing = outcome.get("timing", {})
@@ -61,6 +61,8 @@ def _explain(args: argparse.Namespace) -> TableResult:
 
 
 def _bpf_policy_get(args: argparse.Namespace) -> TableResult:
+    import pandas as pd
+
     frame = pd.DataFrame(_policy(args).map)
     if args.pod:
         frame = frame[frame.pod.str.endswith("/" + args.pod) | (frame.pod == args.pod)]
