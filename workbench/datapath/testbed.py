@@ -117,7 +117,7 @@ class Testbed:
         t.start()
         self._threads.append(t)
 
-    def tcp(self, src: str, dst: str, port: int, timeout: float = 0.5, source_ip: str | None = None) -> bool:
+    def tcp(self, src: str, dst: str, port: int, timeout: float = 1.0, source_ip: str | None = None) -> bool:
         """True when a TCP connect + echo round trip from src to dst:port works."""
         s = self.socket_in(src, socket.SOCK_STREAM)
         s.settimeout(timeout)
@@ -132,7 +132,7 @@ class Testbed:
         finally:
             s.close()
 
-    def udp(self, src: str, dst: str, port: int, timeout: float = 0.5) -> bool:
+    def udp(self, src: str, dst: str, port: int, timeout: float = 1.0) -> bool:
         """True when a UDP datagram to dst:port comes back echoed."""
         s = self.socket_in(src, socket.SOCK_DGRAM)
         s.settimeout(timeout)
@@ -144,7 +144,7 @@ class Testbed:
         finally:
             s.close()
 
-    def ping(self, src: str, dst: str, timeout: float = 0.5) -> bool:
+    def ping(self, src: str, dst: str, timeout: float = 1.0) -> bool:
         """True when an ICMP echo request from src to dst gets its reply (raw socket, no ping binary)."""
         with netlink.in_netns(self.endpoints[src].netns):
             s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
