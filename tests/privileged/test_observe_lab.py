@@ -102,6 +102,12 @@ def test_rule1_flows_from_the_agent(lab, tmp_path):
             int(((everything.event_type == "drop") & (everything.drop_reason == 133)
                  & (everything.protocol == "TCP")).sum())
 
+    text = subprocess.run([sys.executable, "-m", "workbench", "metrics", "--name", lab.name],
+                          capture_output=True, text=True, timeout=60).stdout
+    assert 'hubble_drop_total{protocol="TCP",reason="POLICY_DENIED"}' in text
+    status = lab.call("flows.status")
+    assert status["reading"] is True and status["seen"] >= len(everything) and status["capacity"] == 4095
+
     # export through the agent and load back
     out = tmp_path / "flows.parquet"
     proc = subprocess.run([sys.executable, "-m", "workbench", "flows", "export", str(out), "--name", lab.name],
