@@ -17,7 +17,8 @@ from __future__ import annotations
 import errno
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -307,7 +308,7 @@ class PolicyMapWriter:
             except KeyError:
                 pass
 
-    def apply(self, entries: list[PolicyEntry], enforced: set[tuple[int, str]]) -> None:
+    def apply(self, entries: Sequence[PolicyEntry], enforced: AbstractSet[tuple[int, str]]) -> None:
         """Make ``entries`` the policy, atomically for every packet.
 
         ``enforced`` lists the (ep_id, "ingress"/"egress") pairs selected by any
@@ -319,7 +320,7 @@ class PolicyMapWriter:
         with self._lock:
             self._apply(entries, enforced)
 
-    def _apply(self, entries: list[PolicyEntry], enforced: set[tuple[int, str]]) -> None:
+    def _apply(self, entries: Sequence[PolicyEntry], enforced: AbstractSet[tuple[int, str]]) -> None:
         slots = to_slots(entries)
         for ep_id, direction in enforced:
             if direction not in layout.DIRECTIONS or not 0 <= ep_id <= 0xFFFF:
