@@ -19,6 +19,7 @@ from typing import Any
 from ..model import NAMESPACE_LABEL, NAMESPACE_LABELS_PREFIX, Direction
 from .cidr import CIDRRule, parse_cidr, parse_excepts
 from .fields import DocRef, Fields
+from .l7 import HttpRule, parse_l7_rules
 from .ports import PortRange, parse_port
 from .rules import ENTITIES, Peers, PolicyRule, PolicySpec
 from .selectors import LabelSelector, in_some_namespace, namespace_is, parse_selector
@@ -52,8 +53,6 @@ _EGRESS_UNSUPPORTED = {
     "fromEndpoints": "fromEndpoints belongs in ingress rules, not egress",
 }
 _PORT_RULE_UNSUPPORTED = {
-    "rules": "L7 rules (toPorts[].rules) are not supported yet by the policy compiler; "
-             "remove them to enforce at L3/L4",
     "listener": "Envoy listeners are not supported",
     "originatingTLS": "TLS interception is not supported",
     "terminatingTLS": "TLS interception is not supported",
@@ -135,13 +134,18 @@ def _parse_rule(doc: DocRef, path: str, value: Any, direction: Direction, deny: 
     for item_path, item in fields.items(f"{peer_word}CIDRSet"):
         cidrs.append(_cidr_set(doc, item_path, item))
 
-    ports = _to_ports(doc, fields, deny)
+    ports, l7_groups = _to_ports(doc, fields, deny)
     has_l3 = bool(fields.value.get(f"{peer_word}Endpoints") or fields.value.get(f"{peer_word}Entities")
                   or fields.value.get(f"{peer_word}CIDR") or fields.value.get(f"{peer_word}CIDRSet"))
-    if not has_l3 and not ports:
+    if not has_l3 and not ports and not l7_groups:
         return []
     peers = Peers(selectors, entities, tuple(cidrs)) if has_l3 else None
-    return [PolicyRule(direction, peers, tuple(ports), deny, path)]
+    # A toPorts item with L7 rules becomes a rule of its own: its ports are proxied, the others are not.
+    rules = [PolicyRule(direction, peers, tuple(l7_ports), deny, path, http)
+             for l7_ports, http in l7_groups]
+    if ports or not l7_groups:
+        rules.insert(0, PolicyRule(direction, peers, tuple(ports), deny, path))
+    return rules
 
 
 def _peer_selector(doc: DocRef, path: str, value: Any, namespace: str) -> LabelSelector:
@@ -173,14 +177,32 @@ def _cidr_set(doc: DocRef, path: str, value: Any) -> CIDRRule:
     return CIDRRule(cidr, parse_excepts(doc, fields.at("except"), cidr, fields.items("except")))
 
 
-def _to_ports(doc: DocRef, fields: Fields, deny: bool) -> list[PortRange]:
+def _to_ports(doc: DocRef, fields: Fields,
+              deny: bool) -> tuple[list[PortRange], list[tuple[list[PortRange], tuple[HttpRule, ...]]]]:
+    """(L3/L4 ports, [(ports, http rules)] of the toPorts items that carry L7 rules)."""
     ports: list[PortRange] = []
+    l7_groups: list[tuple[list[PortRange], tuple[HttpRule, ...]]] = []
     for rule_path, rule in fields.items("toPorts"):
-        port_rule = Fields(doc, rule_path, rule, allowed={"ports"}, unsupported=_PORT_RULE_UNSUPPORTED)
+        port_rule = Fields(doc, rule_path, rule, allowed={"ports", "rules"}, unsupported=_PORT_RULE_UNSUPPORTED)
         items = port_rule.items("ports")
         if not items:
             raise doc.error(port_rule.at("ports"), "needs at least one port")
+        http: tuple[HttpRule, ...] | None = None
+        if port_rule.has("rules"):
+            if deny:
+                raise doc.error(port_rule.at("rules"), "L7 rules are not allowed in deny policies")
+            http = parse_l7_rules(doc, port_rule.at("rules"), port_rule.value["rules"])
+        group: list[PortRange] = []
         for item_path, item in items:
-            ports.extend(parse_port(doc, item_path, item, protocols=CNP_PROTOCOLS, default_protocol="ANY",
+            if http is not None:
+                protocol = item.get("protocol") if isinstance(item, dict) else None
+                if protocol != "TCP":
+                    why = "has no protocol" if protocol is None else f"has protocol {protocol}"
+                    raise doc.error(f"{item_path}.protocol", f"L7 (HTTP) rules need protocol TCP; this port {why}")
+            group.extend(parse_port(doc, item_path, item, protocols=CNP_PROTOCOLS, default_protocol="ANY",
                                     zero_means_any=True))
-    return ports
+        if http is None:
+            ports.extend(group)
+        else:
+            l7_groups.append((group, http))
+    return ports, l7_groups

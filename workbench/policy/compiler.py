@@ -46,6 +46,7 @@ from ..model import (
 )
 from .cidr import LOCAL_IDENTITY_SCOPE, WORLD_PREFIX, allocate_cidr_identities, cidr_labels
 from .documents import load_documents
+from .l7 import ALLOW_ALL, HttpRule
 from .ports import PORT_BITS
 from .rules import Peers, PolicyDocument, PolicyRule
 from .selectors import namespace_labels, split_label
@@ -53,7 +54,10 @@ from .selectors import namespace_labels, split_label
 ID_ANY = 0
 ID_REMOTE_NODE = 6  # Cilium's reserved remote-node; no lab address maps to it
 
-__all__ = ["CompiledPolicy", "compile_policies", "load_documents", "resolve_deny"]
+# The lab's L7 proxy listens on this port in the node netns; entries with L7 rules carry it.
+DEFAULT_PROXY_PORT = 10080
+
+__all__ = ["DEFAULT_PROXY_PORT", "CompiledPolicy", "compile_policies", "load_documents", "resolve_deny"]
 
 EntryKey = tuple[int, Direction, int, int, int, int]  # ep, direction, identity, protocol, port, prefix
 
@@ -66,7 +70,9 @@ class CompiledPolicy:
     pairs that are default-deny; ``cidr_identities``: prefix -> identity for
     the ipcache (always includes 0.0.0.0/0 -> 2); ``identity_labels``: labels
     of every identity an entry names; ``endpoint_names``: ep_id -> "ns/pod";
-    ``documents``: keys of the compiled documents.
+    ``documents``: keys of the compiled documents; ``l7``: for every allow
+    key that redirects to the proxy, the HTTP rules a request must match
+    (``ALLOW_ALL`` among them when an L3/L4 rule allows the same key too).
     """
 
     entries: list[PolicyEntry] = field(default_factory=list)
@@ -75,6 +81,32 @@ class CompiledPolicy:
     identity_labels: dict[int, tuple[str, ...]] = field(default_factory=dict)
     endpoint_names: dict[int, str] = field(default_factory=dict)
     documents: tuple[str, ...] = ()
+    l7: dict[EntryKey, tuple[HttpRule, ...]] = field(default_factory=dict)
+
+    def http_rules(self, ep_id: int, direction: Direction, identity: int,
+                   port: int) -> tuple[HttpRule, ...] | None:
+        """The HTTP rules for a TCP connection from/to ``identity`` on ``port`` of endpoint ``ep_id``.
+
+        None when no L7 rule restricts it (not proxied, or an L3/L4 allow covers
+        it: Cilium's wildcard). Mirrors the datapath's two lookups (the peer's
+        identity and any peer): every allow entry that matches contributes.
+        """
+        found: list[HttpRule] = []
+        restricted = False
+        for entry in self.entries:
+            if (entry.ep_id, entry.direction) != (ep_id, direction) or entry.deny:
+                continue
+            if entry.identity not in (identity, ID_ANY) or entry.protocol not in (0, 6):
+                continue
+            if entry.protocol == 6 and (port >> (PORT_BITS - entry.port_prefix)) != \
+                    (entry.port >> (PORT_BITS - entry.port_prefix)):
+                continue
+            rules = self.l7.get(_key(entry))
+            if rules is None:
+                return None  # an L3/L4 allow for this peer and port: every request passes
+            restricted = True
+            found.extend(rules)
+        return tuple(dict.fromkeys(found)) if restricted else None
 
     def entries_for(self, ep_id: int, direction: Direction | None = None) -> list[PolicyEntry]:
         return [e for e in self.entries if e.ep_id == ep_id and direction in (None, e.direction)]
@@ -86,11 +118,12 @@ class CompiledPolicy:
 
 def compile_policies(documents: Iterable[PolicyDocument], endpoints: list[Endpoint],
                      identities: list[Identity], namespaces: Mapping[str, Mapping[str, str]], *,
-                     previous_cidr_identities: Mapping[str, int] | None = None) -> CompiledPolicy:
+                     previous_cidr_identities: Mapping[str, int] | None = None,
+                     proxy_port: int = DEFAULT_PROXY_PORT) -> CompiledPolicy:
     """Compile validated documents against the lab's endpoints and identities.
 
     ``namespaces`` maps namespace name -> its labels (``kubernetes.io/metadata.name``
-    is implied). ``previous_cidr_identities`` (the last compile's
+    is implied). Allow entries with L7 (HTTP) rules get ``proxy_port``. ``previous_cidr_identities`` (the last compile's
     ``cidr_identities``) keeps CIDR identity numbers stable across recompiles.
     """
     documents = list(documents)
@@ -103,6 +136,9 @@ def compile_policies(documents: Iterable[PolicyDocument], endpoints: list[Endpoi
 
     enforced: set[tuple[int, Direction]] = set()
     sources: dict[tuple[EntryKey, bool], set[str]] = defaultdict(set)
+    # per allow key: the HTTP rules of its L7 rules, ALLOW_ALL when an L3/L4 rule also allows it
+    http: dict[EntryKey, list[HttpRule]] = defaultdict(list)
+    plain: set[EntryKey] = set()
     for doc in documents:
         doc_key = doc.key
         for spec in doc.specs:
@@ -113,11 +149,22 @@ def compile_policies(documents: Iterable[PolicyDocument], endpoints: list[Endpoi
             for rule in spec.rules:
                 for key in _rule_keys(rule, resolver):
                     for ep in subjects:
-                        sources[((ep.id, *key), rule.deny)].add(doc_key)  # type: ignore[arg-type]
+                        entry_key: EntryKey = (ep.id, *key)  # type: ignore[assignment]
+                        sources[(entry_key, rule.deny)].add(doc_key)
+                        if rule.deny:
+                            continue
+                        if rule.http is None:
+                            plain.add(entry_key)
+                        else:
+                            http[entry_key].extend(rule.http)
 
+    l7 = {k: tuple(dict.fromkeys(rules + ([ALLOW_ALL] if k in plain else []))) for k, rules in http.items()}
     entries = resolve_deny(
-        PolicyEntry(k[0], k[1], k[2], k[3], k[4], k[5], deny=deny, rules=tuple(sorted(rules)))
+        PolicyEntry(k[0], k[1], k[2], k[3], k[4], k[5], deny=deny, rules=tuple(sorted(rules)),
+                    proxy_port=proxy_port if not deny and k in l7 else 0)
         for (k, deny), rules in sources.items())
+    kept = {_key(e) for e in entries if not e.deny}
+    l7 = {k: v for k, v in l7.items() if k in kept}
     labels = {e.identity: universe.get(e.identity, ()) for e in entries}
     for prefix, number in cidr_ids.items():
         if number in labels or number >= LOCAL_IDENTITY_SCOPE:
@@ -127,7 +174,7 @@ def compile_policies(documents: Iterable[PolicyDocument], endpoints: list[Endpoi
     return CompiledPolicy(
         entries=entries, enforced=enforced, cidr_identities=cidr_ids, identity_labels=labels,
         endpoint_names={ep.id: f"{ep.namespace}/{ep.pod}" for ep in endpoints},
-        documents=tuple(d.key for d in documents))
+        documents=tuple(d.key for d in documents), l7=l7)
 
 
 def _identity_universe(endpoints: list[Endpoint], identities: list[Identity]) -> dict[int, tuple[str, ...]]:
@@ -231,7 +278,7 @@ def resolve_deny(entries: Iterable[PolicyEntry]) -> list[PolicyEntry]:
         key = _key(entry)
         table = denies if entry.deny else allows
         if key in table:
-            entry = PolicyEntry(*key, deny=entry.deny, proxy_port=entry.proxy_port,
+            entry = PolicyEntry(*key, deny=entry.deny, proxy_port=entry.proxy_port or table[key].proxy_port,
                                 rules=tuple(sorted(set(table[key].rules) | set(entry.rules))))
         table[key] = entry
     by_scope: dict[tuple[int, Direction], list[PolicyEntry]] = defaultdict(list)

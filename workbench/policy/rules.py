@@ -14,6 +14,7 @@ from typing import Any
 
 from ..model import Direction
 from .cidr import CIDRRule
+from .l7 import HttpRule
 from .ports import PortRange
 from .selectors import LabelSelector
 
@@ -46,6 +47,8 @@ class PolicyRule:
 
     ``peers`` None means any peer (identity 0); empty ``ports`` means any
     protocol and port. ``path`` is where the rule is in its document.
+    ``http`` (L7): None for an L3/L4 rule; else the HTTP rules a proxied
+    request on ``ports`` must match (the connection is redirected to the proxy).
     """
 
     direction: Direction
@@ -53,12 +56,14 @@ class PolicyRule:
     ports: tuple[PortRange, ...] = ()
     deny: bool = False
     path: str = ""
+    http: tuple[HttpRule, ...] | None = None
 
     def __str__(self) -> str:
         verb = "deny" if self.deny else "allow"
         ports = ",".join(str(p) for p in self.ports) or "any port"
         peers = "any peer" if self.peers is None else str(self.peers)
-        return f"{verb} {self.direction} {peers} on {ports}"
+        l7 = "" if self.http is None else " with " + " | ".join(str(h) for h in self.http)
+        return f"{verb} {self.direction} {peers} on {ports}{l7}"
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,136 @@
+"""L7 (HTTP) rules of CiliumNetworkPolicy: ``toPorts[].rules.http[]``.
+
+Cilium semantics kept here:
+
+- ``method``, ``path`` and ``host`` are extended regular expressions matched
+  against the *whole* value (Envoy's ``safe_regex`` is a full match): ``/v1/``
+  does not match ``/v1/x``; write ``/v1/.*`` for a prefix. ``path`` is matched
+  against the request target as sent (path plus query).
+- ``headers``: ``"Name"`` (present) or ``"Name: value"`` (exact value);
+  header names are case-insensitive.
+- A request is allowed when any rule matches it; an empty rule ``{}``
+  matches every request (visibility without restriction).
+- L7 rules need an explicit ``protocol: TCP`` on every port of their
+  ``toPorts`` item (ANY or UDP is refused), and are refused in deny sections.
+
+Regular expressions are compiled when the policy is applied, so a bad one is
+refused with its field path and nothing is applied.
+
+Example::
+
+    >>> rule = HttpRule(method="POST", path="/v1/request-landing")
+    >>> rule.matches("POST", "/v1/request-landing", {}), rule.matches("PUT", "/v1/exhaust-port", {})
+    (True, False)
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any
+
+from .fields import DocRef, Fields
+
+_HTTP_FIELDS = {"method", "path", "host", "headers"}
+_HTTP_UNSUPPORTED = {
+    "headerMatches": "headerMatches (mismatch actions, secrets) is not supported; use headers",
+}
+_RULES_UNSUPPORTED = {
+    "kafka": "Kafka L7 rules are not supported (HTTP only)",
+    "dns": "DNS L7 rules are not supported (HTTP only)",
+    "l7proto": "generic L7 protocols are not supported (HTTP only)",
+    "l7": "generic L7 rules are not supported (HTTP only)",
+}
+
+
+@lru_cache(maxsize=4096)
+def _compiled(pattern: str) -> re.Pattern[str]:
+    return re.compile(pattern)
+
+
+@dataclass(frozen=True)
+class HttpRule:
+    """One ``http`` rule; empty fields match anything."""
+
+    method: str = ""
+    path: str = ""
+    host: str = ""
+    headers: tuple[tuple[str, str | None], ...] = ()
+
+    def matches(self, method: str, path: str, headers: dict[str, str]) -> bool:
+        """True when the request (``headers`` keyed by lower-case name) satisfies every field."""
+        if self.method and not _compiled(self.method).fullmatch(method):
+            return False
+        if self.path and not _compiled(self.path).fullmatch(path):
+            return False
+        if self.host and not _compiled(self.host).fullmatch(headers.get("host", "")):
+            return False
+        for name, value in self.headers:
+            have = headers.get(name.lower())
+            if have is None or (value is not None and have != value):
+                return False
+        return True
+
+    def __str__(self) -> str:
+        parts = [f"{k}={v}" for k, v in (("method", self.method), ("path", self.path), ("host", self.host)) if v]
+        parts += [f"header {n}" + (f"={v}" if v is not None else "") for n, v in self.headers]
+        return "http(" + (", ".join(parts) or "any") + ")"
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {k: v for k, v in (("method", self.method), ("path", self.path),
+                                                  ("host", self.host)) if v}
+        if self.headers:
+            out["headers"] = [n if v is None else f"{n}: {v}" for n, v in self.headers]
+        return out
+
+
+ALLOW_ALL = HttpRule()
+
+
+def _regex(doc: DocRef, path: str, value: Any) -> str:
+    if not isinstance(value, str):
+        raise doc.error(path, f"must be a regular expression string, got {value!r}")
+    try:
+        _compiled(value)
+    except re.error as err:
+        raise doc.error(path, f"invalid regular expression {value!r}: {err}") from None
+    return value
+
+
+def _header(doc: DocRef, path: str, value: Any) -> tuple[str, str | None]:
+    if not isinstance(value, str) or not value.strip():
+        raise doc.error(path, f'must be "Name" or "Name: value", got {value!r}')
+    name, sep, rest = value.partition(":")
+    name = name.strip()
+    if not re.fullmatch(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+", name):
+        raise doc.error(path, f"{name!r} is not a valid HTTP header name")
+    return name, rest.strip() if sep else None
+
+
+def parse_http_rule(doc: DocRef, path: str, value: Any) -> HttpRule:
+    if value is None:
+        return ALLOW_ALL
+    fields = Fields(doc, path, value, allowed=_HTTP_FIELDS, unsupported=_HTTP_UNSUPPORTED)
+    method = _regex(doc, fields.at("method"), fields.value["method"]) if fields.has("method") else ""
+    req_path = _regex(doc, fields.at("path"), fields.value["path"]) if fields.has("path") else ""
+    host = _regex(doc, fields.at("host"), fields.value["host"]) if fields.has("host") else ""
+    headers = tuple(_header(doc, item_path, item) for item_path, item in fields.items("headers"))
+    return HttpRule(method, req_path, host, headers)
+
+
+def parse_l7_rules(doc: DocRef, path: str, value: Any) -> tuple[HttpRule, ...]:
+    """``toPorts[i].rules`` -> its HTTP rules (an empty ``http: []`` allows every request)."""
+    fields = Fields(doc, path, value, allowed={"http"}, unsupported=_RULES_UNSUPPORTED)
+    if not fields.has("http") and "http" not in fields.value:
+        raise doc.error(path, "needs http rules (the only L7 protocol supported)")
+    items = fields.items("http")
+    if not items:
+        return (ALLOW_ALL,)
+    return tuple(parse_http_rule(doc, item_path, item) for item_path, item in items)
+
+
+def request_allowed(rules: tuple[HttpRule, ...] | list[HttpRule], method: str, path: str,
+                    headers: dict[str, str]) -> bool:
+    """Any rule matching allows (rules are a union, as in Cilium)."""
+    return any(rule.matches(method, path, headers) for rule in rules)
