@@ -67,7 +67,7 @@ class FlowDashboard:
     Example::
 
         >>> dash = FlowDashboard(store)   # doctest: +SKIP
-        >>> dash.widget                   # doctest: +SKIP (displays in a notebook)
+        >>> dash.widget                   # doctest: +SKIP
         >>> dash.start()                  # doctest: +SKIP
     """
 

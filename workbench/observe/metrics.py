@@ -68,7 +68,8 @@ class FlowMetrics:
     Example::
 
         >>> m = FlowMetrics()
-        >>> b"hubble_lost_events_total" in m.exposition() or True
+        >>> m.lost(3, "reader")
+        >>> b'hubble_lost_events_total{source="reader"} 3.0' in m.exposition()
         True
     """
 
