@@ -35,6 +35,7 @@ from .ringreader import RingReader
 from .store import DEFAULT_CAPACITY, FlowStore
 
 COUNTER_INTERVAL = 1.0
+CLOCK_INTERVAL = 60.0  # re-measure ktime -> wall clock (NTP may step the wall clock)
 
 
 class FlowService:
@@ -103,6 +104,7 @@ class FlowService:
 
     def _run(self) -> None:
         next_counters = 0.0
+        next_clock = time.monotonic() + CLOCK_INTERVAL
         while not self._stop.is_set():
             try:
                 if self.reader is not None:
@@ -117,6 +119,9 @@ class FlowService:
                     next_counters = now + COUNTER_INTERVAL
                     self.sync_context()
                     self._poll_counters()
+                if now >= next_clock:
+                    next_clock = now + CLOCK_INTERVAL
+                    self.store.set_clock()
             except Exception:  # the agent must keep serving; the log keeps the trace
                 traceback.print_exc()
                 self._stop.wait(1.0)
