@@ -22,6 +22,7 @@
 #include "lib/events.h"
 #include "lib/conntrack.h"
 #include "lib/policy.h"
+#include "lib/l7.h"
 
 static __always_inline int drop(const struct pkt *p, const struct flow_ctx *fc, __u16 reason)
 {
@@ -89,11 +90,24 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
         __u8 report = ct_account(ct, &p, fc.is_reply, now);
         if (report)
             emit_conn(&key, ct, &p, &fc, report);
+        /* a connection redirected to the L7 proxy: every client packet goes there (lib/l7.h) */
+        if (dir == WB_DIR_EGRESS && !fc.is_reply && ct->proxy_port) {
+            __u16 l7_drop = l7_assign(skb, &p, ct->proxy_port);
+            if (l7_drop) {
+                fc.src_identity = ct->src_identity;
+                fc.dst_identity = ct->dst_identity;
+                return drop(&p, &fc, l7_drop);
+            }
+        }
         count_verdict(WB_VERDICT_FORWARDED, dir, 0, p.len);
         return TC_ACT_OK;
     }
 
     __u32 peer_identity = peer_identity_of(&p, dir);
+    /* the L7 proxy's upstream connection: judged as the client it speaks for (lib/l7.h) */
+    __u32 proxied_for = dir == WB_DIR_INGRESS ? l7_proxy_identity(skb) : 0;
+    if (proxied_for)
+        peer_identity = proxied_for;
     if (dir == WB_DIR_INGRESS) {
         fc.src_identity = peer_identity;
         fc.dst_identity = ep->identity;
@@ -112,6 +126,10 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
         res.outcome = WB_POLICY_ALLOW;
         res.match_type = WB_MATCH_ALL;
     }
+    if (proxied_for)
+        res.proxy_port = 0;  /* already through the proxy */
+    else if (dir == WB_DIR_EGRESS && p.proto == IPPROTO_TCP && res.outcome == WB_POLICY_ALLOW && !res.proxy_port)
+        res.proxy_port = l7_ingress_proxy_port(gen, p.daddr, fc.src_identity, p.dport);
 
     __u8 verdict = res.proxy_port ? WB_VERDICT_REDIRECTED : WB_VERDICT_FORWARDED;
     __u16 reason = 0;
@@ -131,6 +149,11 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
     /* the trace says what happened to the packet: it went on (audit or not) */
     emit_event(&p, &fc, WB_EVENT_TRACE, res.proxy_port ? WB_VERDICT_REDIRECTED : WB_VERDICT_FORWARDED, 0,
                res.match_type, res.proxy_port, 0);
+    if (res.proxy_port && dir == WB_DIR_EGRESS) {
+        __u16 l7_drop = l7_assign(skb, &p, res.proxy_port);
+        if (l7_drop)
+            return drop(&p, &fc, l7_drop);
+    }
     count_verdict(verdict, dir, reason, p.len);
     return TC_ACT_OK;
 }
