@@ -20,6 +20,7 @@
 #include "lib/parse.h"
 #include "lib/verdict.h"
 #include "lib/events.h"
+#include "lib/fragments.h"
 #include "lib/conntrack.h"
 #include "lib/policy.h"
 #include "lib/l7.h"
@@ -77,6 +78,13 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
         fc.src_identity = ep->identity;
         fc.dst_identity = peer_identity_of(&p, dir);
         return drop(&p, &fc, WB_DROP_INVALID_SOURCE_IP);
+    }
+
+    __u16 frag_drop = frag_ports(&p);
+    if (frag_drop) {
+        fc.src_identity = dir == WB_DIR_INGRESS ? peer_identity_of(&p, dir) : ep->identity;
+        fc.dst_identity = dir == WB_DIR_INGRESS ? ep->identity : peer_identity_of(&p, dir);
+        return drop(&p, &fc, frag_drop);
     }
 
     /* Established connections and replies: no ipcache or policy lookup

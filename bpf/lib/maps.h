@@ -35,6 +35,9 @@ BPF_TABLE_PINNED("hash", struct endpoint_key, struct endpoint_info, endpoints, E
 #ifndef CT_MAX
 #define CT_MAX 65536
 #endif
+#ifndef FRAG_MAX
+#define FRAG_MAX 8192
+#endif
 #ifndef METRICS_MAX
 #define METRICS_MAX 1024
 #endif
@@ -47,6 +50,8 @@ BPF_TABLE_PINNED("hash", struct enforce_key, __u32, policy_enforce, ENFORCE_MAX,
 /* LRU: a full table evicts the least recently used connection instead of
  * refusing new ones (Cilium's CT map is LRU as well). */
 BPF_TABLE_PINNED("lru_hash", struct ct_key, struct ct_value, conntrack, CT_MAX, PIN_DIR "/conntrack");
+BPF_TABLE_PINNED("lru_hash", struct ipv4_frag_key, struct ipv4_frag_ports, ipv4_frags, FRAG_MAX,
+                 PIN_DIR "/ipv4_frags");
 BPF_TABLE_PINNED("percpu_hash", struct metrics_key, struct metrics_value, metrics, METRICS_MAX,
                  PIN_DIR "/metrics");
 /* [0]: ring-buffer records that could not be reserved (lost events). */

@@ -23,9 +23,15 @@ struct pkt {
     __u16 dport;
     __u8  proto;
     __u8  tcp_flags;
-    __u16 pad;
+    __u16 ip_id;      /* network order; for fragment tracking */
     __u32 len;        /* skb->len */
+    __u8  frag;       /* WB_FRAG_* */
+    __u8  pad[3];
 };
+
+#define WB_FRAG_NONE  0
+#define WB_FRAG_FIRST 1  /* offset 0, more fragments follow: carries the L4 header */
+#define WB_FRAG_LATER 2  /* offset > 0: no L4 header */
 
 /* 1: IPv4 parsed into p; 0: not IPv4 (ARP, IPv6, ...) or too short. */
 static __always_inline int parse_ipv4(struct __sk_buff *skb, struct pkt *p)
@@ -46,11 +52,17 @@ static __always_inline int parse_ipv4(struct __sk_buff *skb, struct pkt *p)
     p->sport = 0;
     p->dport = 0;
     p->tcp_flags = 0;
-    p->pad = 0;
+    p->ip_id = ip.id;
+    p->frag = WB_FRAG_NONE;
 
-    /* Non-first fragments carry no L4 header: judged with ports 0. */
-    if (ip.frag_off & bpf_htons(0x1fff))
+    /* Later fragments carry no L4 header: their ports come from the first
+     * fragment (fragments.h). */
+    if (ip.frag_off & bpf_htons(0x1fff)) {
+        p->frag = WB_FRAG_LATER;
         return 1;
+    }
+    if (ip.frag_off & bpf_htons(0x2000))
+        p->frag = WB_FRAG_FIRST;
     __u32 l4 = ETH_HLEN + (ip.ihl & 0xf) * 4;
     if (ip.protocol == IPPROTO_TCP) {
         __u8 hdr[14];

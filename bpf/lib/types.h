@@ -162,6 +162,7 @@ struct ct_value {
 #define WB_DROP_INVALID_SOURCE_IP 132
 #define WB_DROP_POLICY_DENIED     133  /* no allow entry */
 #define WB_DROP_POLICY_DENY       181  /* explicit deny entry */
+#define WB_DROP_FRAG_NOT_FOUND    175  /* a later IPv4 fragment whose first fragment was not seen */
 
 /* flow_event.event_type */
 #define WB_EVENT_TRACE          1  /* first packet of a connection, per direction, forwarded */
@@ -197,6 +198,22 @@ struct flow_event {
     __u8  verdict;         /* WB_VERDICT_* */
     __u8  match_type;      /* WB_MATCH_* (policy-verdict events) */
     __u8  pad[3];
+};
+
+/* ipv4_frags: the ports of a fragmented datagram, learnt from its first
+ * fragment, so that later fragments (no L4 header) are judged as their
+ * datagram (Cilium's IPv4 fragment map). */
+struct ipv4_frag_key {
+    __u32 saddr;
+    __u32 daddr;
+    __u16 id;          /* IP identification, network order */
+    __u8  proto;
+    __u8  pad;
+};
+
+struct ipv4_frag_ports {
+    __u16 sport;       /* network order */
+    __u16 dport;
 };
 
 /* metrics: per-CPU packet/byte counters by verdict, direction and reason. */

@@ -10,6 +10,7 @@ and as the datapath's drop counter for the expected Cilium reason.
 from __future__ import annotations
 
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -23,6 +24,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pytest
 
+from workbench import netlink
 from workbench.datapath import layout
 from workbench.datapath.loader import Datapath
 from workbench.datapath.policymap import port_blocks
@@ -478,3 +480,30 @@ def test_events_that_do_not_fit_the_ring_are_counted_as_lost() -> None:
         time.sleep(0.1)
         assert drop_count(bed, 133, "INGRESS") >= 300
         assert bed.datapath.lost_events() > 400
+
+
+def test_fragments_are_judged_as_their_datagram_and_orphans_drop_175(clean: Testbed) -> None:
+    bed = clean
+    a, b = bed.endpoints["a"], bed.endpoints["b"]
+    bed.datapath.policy_writer().apply([PolicyEntry(b.id, "ingress", A, UDP, 53, 16)], {(b.id, "ingress")})
+    s = bed.socket_in("a", socket.SOCK_DGRAM)
+    s.settimeout(2.0)
+    try:
+        s.sendto(b"y" * 3000, (b.ipv4, 53))  # 3 fragments on a 1500-byte MTU
+        assert len(s.recvfrom(5000)[0]) == 3000, "later fragments must pass as the allowed datagram"
+    finally:
+        s.close()
+
+    # a later fragment (offset 1480) whose first fragment never came
+    with netlink.in_netns(a.netns):
+        raw = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
+    try:
+        header = bytes([0x45, 0]) + (20 + 64).to_bytes(2, "big") + random.randrange(1, 0xFFFF).to_bytes(2, "big") \
+            + (1480 // 8).to_bytes(2, "big") + bytes([64, UDP, 0, 0]) \
+            + socket.inet_aton(a.ipv4) + socket.inet_aton(b.ipv4)
+        before = drop_count(bed, 175, "EGRESS")
+        raw.sendto(header + b"z" * 64, (b.ipv4, 0))
+        time.sleep(0.1)
+        assert drop_count(bed, 175, "EGRESS") == before + 1
+    finally:
+        raw.close()
