@@ -111,6 +111,14 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
         return TC_ACT_OK;
     }
 
+    /* ICMP errors about tracked connections (port unreachable, TTL
+     * exceeded, ...) pass as replies, without a connection of their own. */
+    struct ct_value *related = ct_related(&p, dir, now);
+    if (related) {
+        count_verdict(WB_VERDICT_FORWARDED, dir, 0, p.len);
+        return TC_ACT_OK;
+    }
+
     __u32 peer_identity = peer_identity_of(&p, dir);
     /* the L7 proxy's upstream connection: judged as the client it speaks for (lib/l7.h) */
     __u32 proxied_for = dir == WB_DIR_INGRESS ? l7_proxy_identity(skb) : 0;

@@ -93,6 +93,36 @@ static __always_inline int ct_lookup(const struct pkt *p, __u8 dir, __u64 now, s
     return WB_CT_NEW;
 }
 
+/* An ICMP error about a packet of a tracked connection belongs to it: the
+ * quoted packet travelled the other way, so its tuple is the connection's
+ * original one when looked up in the opposite direction (or the same one,
+ * for an error about a reply). */
+static __always_inline struct ct_value *ct_related(const struct pkt *p, __u8 dir, __u64 now)
+{
+    if (!p->icmp_error)
+        return 0;
+    struct ct_key k = {};
+    k.saddr = p->inner_saddr;
+    k.daddr = p->inner_daddr;
+    k.sport = p->inner_sport;
+    k.dport = p->inner_dport;
+    k.proto = p->inner_proto;
+    k.direction = dir == WB_DIR_INGRESS ? WB_DIR_EGRESS : WB_DIR_INGRESS;
+    struct ct_value *ct = conntrack.lookup(&k);
+    if (ct && now - ct->last_seen_ns < CT_LIFETIME_NONTCP_NS)
+        return ct;
+    /* an error about a reply: the quoted packet is the reply, reversed */
+    k.saddr = p->inner_daddr;
+    k.daddr = p->inner_saddr;
+    k.sport = p->inner_dport;
+    k.dport = p->inner_sport;
+    k.direction = dir;
+    ct = conntrack.lookup(&k);
+    if (ct && now - ct->last_seen_ns < CT_LIFETIME_NONTCP_NS)
+        return ct;
+    return 0;
+}
+
 /* Accounts the packet on its connection. Returns the WB_EVENT_CONN_* event
  * to send now (0 for none): the end of a TCP connection once, or periodic
  * totals while it lives. */

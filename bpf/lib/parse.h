@@ -15,6 +15,9 @@
 
 #define WB_ICMP_ECHOREPLY 0
 #define WB_ICMP_ECHO      8
+#define WB_ICMP_DEST_UNREACH  3
+#define WB_ICMP_TIME_EXCEEDED 11
+#define WB_ICMP_PARAMETERPROB 12
 
 struct pkt {
     __u32 saddr;      /* network order */
@@ -26,12 +29,44 @@ struct pkt {
     __u16 ip_id;      /* network order; for fragment tracking */
     __u32 len;        /* skb->len */
     __u8  frag;       /* WB_FRAG_* */
-    __u8  pad[3];
+    __u8  icmp_error; /* 1: ICMP error quoting a packet (inner tuple below) */
+    __u8  pad[2];
+    /* ICMP errors: the quoted packet's tuple, as it was sent */
+    __u32 inner_saddr;
+    __u32 inner_daddr;
+    __u16 inner_sport;
+    __u16 inner_dport;
+    __u8  inner_proto;
+    __u8  pad2[3];
 };
 
 #define WB_FRAG_NONE  0
 #define WB_FRAG_FIRST 1  /* offset 0, more fragments follow: carries the L4 header */
 #define WB_FRAG_LATER 2  /* offset > 0: no L4 header */
+
+/* An ICMP error quotes the IP header and first 8 bytes of the packet that
+ * caused it: enough to find that packet's connection ("related", as
+ * conntrack calls it). */
+static __always_inline void parse_icmp_error(struct __sk_buff *skb, __u32 off, struct pkt *p)
+{
+    struct iphdr inner;
+    __u8 ports[4];
+
+    if (bpf_skb_load_bytes(skb, off, &inner, sizeof(inner)) < 0)
+        return;
+    p->inner_saddr = inner.saddr;
+    p->inner_daddr = inner.daddr;
+    p->inner_proto = inner.protocol;
+    p->inner_sport = 0;
+    p->inner_dport = 0;
+    if (inner.protocol == IPPROTO_TCP || inner.protocol == IPPROTO_UDP) {
+        if (bpf_skb_load_bytes(skb, off + (inner.ihl & 0xf) * 4, ports, sizeof(ports)) < 0)
+            return;
+        __builtin_memcpy(&p->inner_sport, &ports[0], 2);
+        __builtin_memcpy(&p->inner_dport, &ports[2], 2);
+    }
+    p->icmp_error = 1;
+}
 
 /* 1: IPv4 parsed into p; 0: not IPv4 (ARP, IPv6, ...) or too short. */
 static __always_inline int parse_ipv4(struct __sk_buff *skb, struct pkt *p)
@@ -54,6 +89,7 @@ static __always_inline int parse_ipv4(struct __sk_buff *skb, struct pkt *p)
     p->tcp_flags = 0;
     p->ip_id = ip.id;
     p->frag = WB_FRAG_NONE;
+    p->icmp_error = 0;
 
     /* Later fragments carry no L4 header: their ports come from the first
      * fragment (fragments.h). */
@@ -87,6 +123,9 @@ static __always_inline int parse_ipv4(struct __sk_buff *skb, struct pkt *p)
                 __builtin_memcpy(&p->sport, &hdr[4], 2);
             else if (hdr[0] == WB_ICMP_ECHOREPLY)
                 __builtin_memcpy(&p->dport, &hdr[4], 2);
+            else if (hdr[0] == WB_ICMP_DEST_UNREACH || hdr[0] == WB_ICMP_TIME_EXCEEDED ||
+                     hdr[0] == WB_ICMP_PARAMETERPROB)
+                parse_icmp_error(skb, l4 + 8, p);
         }
     }
     return 1;

@@ -507,3 +507,20 @@ def test_fragments_are_judged_as_their_datagram_and_orphans_drop_175(clean: Test
         assert drop_count(bed, 175, "EGRESS") == before + 1
     finally:
         raw.close()
+
+
+def test_icmp_errors_of_a_tracked_connection_pass_as_related(clean: Testbed) -> None:
+    bed = clean
+    a = bed.endpoints["a"]
+    # a's ingress is default-deny: only replies and related ICMP errors get in
+    bed.datapath.policy_writer().apply([], {(a.id, "ingress")})
+    s = bed.socket_in("a", socket.SOCK_DGRAM)
+    s.settimeout(2.0)
+    try:
+        s.connect((bed.endpoints["b"].ipv4, 55))  # nobody listens: b answers port unreachable
+        s.send(b"anyone?")
+        with pytest.raises(ConnectionRefusedError):
+            s.recv(16)
+    finally:
+        s.close()
+    assert not bed.ping("b", "a"), "an unrelated ICMP packet is still judged by policy"
