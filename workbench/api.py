@@ -139,6 +139,38 @@ class Lab:
 
         return LabPolicy(self._client)
 
+    # ----- observe (Hubble) ----------------------------------------------------
+    def flows(self, **filters: Any) -> Any:
+        """Flows as a DataFrame with DESIGN §6 columns; filters as `hubble observe`.
+
+        ``attrs["lost_events"]`` counts events the datapath or the reader lost.
+
+        Example::
+
+            lab.flows(verdict="DROPPED", from_pod="xwing", last=20)
+        """
+        from .observe.remote import agent_flows
+
+        return agent_flows(self.name, **filters)
+
+    def observe(self, **options: Any) -> Any:
+        """The live dashboard widget (flows/s by verdict, drops by reason, top talkers, latest flows)."""
+        from .observe.remote import lab_dashboard
+
+        return lab_dashboard(self.name, **options)
+
+    def service_map(self, **filters: Any) -> Any:
+        """A plotly graph of pods and services, edges coloured by verdict with counts."""
+        from .observe.remote import lab_service_map
+
+        return lab_service_map(self.name, **filters)
+
+    def metrics(self) -> Any:
+        """The lab's Prometheus metrics (Hubble's names) as a DataFrame."""
+        from .observe.remote import lab_metrics
+
+        return lab_metrics(self.name)
+
     def call(self, method: str, **params: Any) -> Any:
         """Call a local API method of the agent (e.g. ones the policy layer registers)."""
         return self._client.call(method, **params)

@@ -109,6 +109,7 @@ class FlowDashboard:
             self.talkers,
             self.table,
         ])
+        self.widget.add_class("wb-dashboard")  # a stable hook for the browser test and user CSS
 
     # -- notebook display --------------------------------------------------------------------
     def _repr_mimebundle_(self, **kwargs: Any) -> Any:
