@@ -60,7 +60,7 @@ from .lab.state import find_endpoint
 from .model import ID_HOST, ID_WORLD, Endpoint, Service, ServicePort
 
 # Modules with setup(agent); other layers add one line each (like COMMAND_MODULES).
-AGENT_PLUGINS: list[str] = ["workbench.policy.agent_plugin", "workbench.observe.plugin"]
+AGENT_PLUGINS: list[str] = ["workbench.policy.agent_plugin", "workbench.observe.plugin", "workbench.l7.plugin"]
 
 APP_READY_TIMEOUT = 20.0
 

@@ -1,0 +1,220 @@
+"""Just enough HTTP/1.1 for a policy proxy: request/response heads and body framing.
+
+Pure (works on any binary file object), so it is unit tested without sockets.
+The proxy forwards the bytes it received (head as read, body as framed), so
+nothing a client sent is rewritten; parsing only finds the method, target,
+headers and where the message ends.
+
+Example::
+
+    >>> import io
+    >>> req = read_request(io.BytesIO(b"GET /v1/ HTTP/1.1\\r\\nHost: deathstar\\r\\n\\r\\n"))
+    >>> req.method, req.target, req.headers["host"], req.body_length
+    ('GET', '/v1/', 'deathstar', 0)
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import BinaryIO
+
+MAX_HEAD = 64 * 1024
+MAX_LINE = 8 * 1024
+_TOKEN = re.compile(rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+_VERSION = re.compile(rb"HTTP/1\.[01]")
+
+
+class MalformedHTTP(Exception):
+    """The peer sent something that is not HTTP/1.x; the text says what."""
+
+
+@dataclass
+class Message:
+    """A request or response head; ``head`` holds the raw bytes as received."""
+
+    start: tuple[str, str, str]
+    headers: dict[str, str]
+    head: bytes
+    version: str = "HTTP/1.1"
+    chunked: bool = False
+    body_length: int | None = 0       # None: until the connection closes (responses only)
+    keep_alive: bool = True
+    extra: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def method(self) -> str:
+        return self.start[0]
+
+    @property
+    def target(self) -> str:
+        return self.start[1]
+
+    @property
+    def status(self) -> int:
+        return int(self.start[1])
+
+
+def _read_head(rfile: BinaryIO) -> list[bytes] | None:
+    """Lines of one message head without CRLF; None on a clean EOF before any byte."""
+    lines: list[bytes] = []
+    total = 0
+    while True:
+        line = rfile.readline(MAX_LINE + 1)
+        if not line:
+            if not lines:
+                return None
+            raise MalformedHTTP("connection closed in the middle of a message head")
+        if len(line) > MAX_LINE:
+            raise MalformedHTTP(f"header line longer than {MAX_LINE} bytes")
+        total += len(line)
+        if total > MAX_HEAD:
+            raise MalformedHTTP(f"message head larger than {MAX_HEAD} bytes")
+        if not line.endswith(b"\n"):
+            raise MalformedHTTP("connection closed in the middle of a line")
+        stripped = line.rstrip(b"\r\n")
+        if not stripped:
+            if not lines:
+                continue  # RFC 9112: a server should ignore empty lines before the request line
+            return lines
+        lines.append(stripped)
+
+
+def _headers(lines: list[bytes]) -> dict[str, str]:
+    headers: dict[str, str] = {}
+    for line in lines:
+        name, sep, value = line.partition(b":")
+        if not sep or not _TOKEN.fullmatch(name):
+            raise MalformedHTTP(f"bad header line {line[:60]!r}")
+        key = name.decode("ascii").lower()
+        text = value.strip().decode("latin-1")
+        headers[key] = f"{headers[key]}, {text}" if key in headers else text
+    return headers
+
+
+def _framing(msg: Message, is_request: bool) -> None:
+    encoding = msg.headers.get("transfer-encoding", "").lower()
+    if encoding:
+        if encoding.split(",")[-1].strip() != "chunked":
+            raise MalformedHTTP(f"unsupported transfer-encoding {encoding!r}")
+        msg.chunked, msg.body_length = True, None
+    elif "content-length" in msg.headers:
+        value = msg.headers["content-length"].strip()
+        if not value.isdigit():
+            raise MalformedHTTP(f"bad content-length {value!r}")
+        msg.body_length = int(value)
+    else:
+        msg.body_length = 0 if is_request else None
+    connection = msg.headers.get("connection", "").lower()
+    if msg.version == "HTTP/1.0":
+        msg.keep_alive = "keep-alive" in connection
+    else:
+        msg.keep_alive = "close" not in connection
+
+
+def read_request(rfile: BinaryIO) -> Message | None:
+    """The next request head from a client (None: the client closed cleanly)."""
+    lines = _read_head(rfile)
+    if lines is None:
+        return None
+    parts = lines[0].split(b" ")
+    if len(parts) != 3 or not _TOKEN.fullmatch(parts[0]) or not parts[1] or not _VERSION.fullmatch(parts[2]):
+        raise MalformedHTTP(f"bad request line {lines[0][:80]!r}")
+    method, target, version = (p.decode("latin-1") for p in parts)
+    msg = Message((method, target, version), _headers(lines[1:]), b"\r\n".join(lines) + b"\r\n\r\n", version)
+    _framing(msg, is_request=True)
+    return msg
+
+
+def read_response(rfile: BinaryIO, request_method: str) -> Message:
+    """The response head to ``request_method`` (HEAD, 1xx, 204 and 304 have no body)."""
+    lines = _read_head(rfile)
+    if lines is None:
+        raise MalformedHTTP("the server closed the connection without answering")
+    parts = lines[0].split(b" ", 2)
+    if len(parts) < 2 or not _VERSION.fullmatch(parts[0]) or not parts[1].isdigit() or len(parts[1]) != 3:
+        raise MalformedHTTP(f"bad status line {lines[0][:80]!r}")
+    version, status = parts[0].decode(), parts[1].decode()
+    reason = parts[2].decode("latin-1") if len(parts) > 2 else ""
+    msg = Message((version, status, reason), _headers(lines[1:]), b"\r\n".join(lines) + b"\r\n\r\n", version)
+    _framing(msg, is_request=False)
+    code = int(status)
+    if request_method == "HEAD" or 100 <= code < 200 or code in (204, 304):
+        msg.chunked, msg.body_length = False, 0
+    if msg.body_length is None and not msg.chunked:
+        msg.keep_alive = False  # the body ends when the server closes
+    return msg
+
+
+def copy_body(msg: Message, rfile: BinaryIO, write: object = None) -> int:
+    """Read the body that follows ``msg`` and pass it (raw, framing included) to ``write``; returns bytes.
+
+    ``write`` None discards (a denied request's body).
+    """
+    sink = write if callable(write) else (lambda _data: None)
+    total = 0
+    if msg.chunked:
+        while True:
+            line = rfile.readline(MAX_LINE + 1)
+            if not line.endswith(b"\n"):
+                raise MalformedHTTP("bad chunk size line")
+            size_text = line.split(b";")[0].strip()
+            try:
+                size = int(size_text, 16)
+            except ValueError:
+                raise MalformedHTTP(f"bad chunk size {size_text[:20]!r}") from None
+            sink(line)
+            total += len(line)
+            if size == 0:
+                while True:  # trailers up to the empty line
+                    trailer = rfile.readline(MAX_LINE + 1)
+                    if not trailer.endswith(b"\n"):
+                        raise MalformedHTTP("connection closed in chunked trailers")
+                    sink(trailer)
+                    total += len(trailer)
+                    if trailer in (b"\r\n", b"\n"):
+                        return total
+            data = _read_exact(rfile, size + 2)
+            sink(data)
+            total += len(data)
+    if msg.body_length is None:  # until EOF
+        while True:
+            data = rfile.read1(65536) if hasattr(rfile, "read1") else rfile.read(65536)
+            if not data:
+                return total
+            sink(data)
+            total += len(data)
+    remaining = msg.body_length
+    while remaining:
+        data = rfile.read1(min(remaining, 65536)) if hasattr(rfile, "read1") else rfile.read(min(remaining, 65536))
+        if not data:
+            raise MalformedHTTP("connection closed inside a message body")
+        sink(data)
+        total += len(data)
+        remaining -= len(data)
+    return total
+
+
+def _read_exact(rfile: BinaryIO, n: int) -> bytes:
+    data = rfile.read(n)
+    if data is None or len(data) != n:
+        raise MalformedHTTP("connection closed inside a chunk")
+    return data
+
+
+def simple_response(code: int, reason: str, body: str, keep_alive: bool) -> bytes:
+    """A complete text/plain response (what the proxy itself answers: 403, 400, 502)."""
+    data = body.encode()
+    head = (f"HTTP/1.1 {code} {reason}\r\ncontent-type: text/plain\r\ncontent-length: {len(data)}\r\n"
+            f"server: workbench-l7-proxy\r\n")
+    if not keep_alive:
+        head += "connection: close\r\n"
+    return head.encode() + b"\r\n" + data
+
+
+def request_path(target: str) -> str:
+    """The path Cilium's rules match: origin-form as sent; absolute-form loses scheme and authority."""
+    match = re.match(r"^[a-zA-Z][a-zA-Z0-9+.-]*://[^/]*(/.*)?$", target)
+    if match:
+        return match.group(1) or "/"
+    return target

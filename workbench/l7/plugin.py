@@ -1,0 +1,135 @@
+"""The L7 layer inside the lab agent (an AGENT_PLUGINS entry, after the policy plugin).
+
+- Node netns routing for the redirect: ``lo`` up, ``ip rule fwmark
+  0x200/0xf00 lookup 2004`` and ``local 0.0.0.0/0 dev lo table 2004``, so
+  a packet the datapath assigned to the proxy's socket is delivered locally
+  (only inside the lab's node netns).
+- The ``l7_endpoints`` map (pod IP -> endpoint id) the datapath uses to find
+  the destination's ingress entry, kept by an endpoint observer.
+- The :class:`~workbench.l7.proxy.Proxy`, deciding each request from the
+  policy layer's compiled policy (``agent.policy.compiled``) and writing flow
+  rows into the observe layer's store (``agent.flows.store``).
+- Local API: ``l7.status()``.
+"""
+
+from __future__ import annotations
+
+import errno
+import threading
+from collections import Counter
+from typing import Any
+
+from pyroute2 import IPRoute
+from pyroute2.netlink.exceptions import NetlinkError
+
+from .. import netlink
+from ..datapath import build
+from ..lab import topology
+from ..model import ID_WORLD, Endpoint
+from ..policy.compiler import DEFAULT_PROXY_PORT
+from ..policy.l7 import request_allowed
+from .flows import record_exchange
+from .proxy import Decision, Exchange, Proxy
+
+TO_PROXY_MARK = 0x0200
+MARK_MASK = 0x0F00
+PROXY_ROUTE_TABLE = 2004       # Cilium's table number for the same purpose
+PROXY_RULE_PRIORITY = 9
+RTN_LOCAL = 2
+RT_SCOPE_HOST = 254
+
+
+@netlink.off_event_loop
+def setup_redirect_routing(node_netns: str) -> None:
+    """Local delivery of marked packets inside ``node_netns`` (idempotent)."""
+    with IPRoute(netns=node_netns) as ipr:
+        lo = netlink.link_index(ipr, "lo")
+        ipr.link("set", index=lo, state="up")
+        try:
+            ipr.rule("add", fwmark=TO_PROXY_MARK, fwmask=MARK_MASK, table=PROXY_ROUTE_TABLE,
+                     priority=PROXY_RULE_PRIORITY)
+        except NetlinkError as err:
+            if err.code != errno.EEXIST:
+                raise
+        ipr.route("replace", dst="0.0.0.0/0", table=PROXY_ROUTE_TABLE, type=RTN_LOCAL, oif=lo,
+                  scope=RT_SCOPE_HOST)
+
+
+class L7Service:
+    """Proxy + redirect facts of one lab (one per agent)."""
+
+    def __init__(self, agent: Any, port: int = DEFAULT_PROXY_PORT) -> None:
+        self.agent = agent
+        self.port = port
+        self.verdicts: Counter[str] = Counter()
+        self._lock = threading.Lock()
+        self._by_ip: dict[str, Endpoint] = {}
+        node = topology.node_netns(agent.lab)
+        setup_redirect_routing(node)
+        self.proxy = Proxy(node, port, self.decide, self.record)
+        self.proxy.start()
+
+    # -- endpoint observer -----------------------------------------------------------------
+    def _table(self) -> Any:
+        return self.agent.datapath.bpf[b"l7_endpoints"]
+
+    def attach_endpoint(self, ep: Endpoint) -> None:
+        table = self._table()
+        table[table.Key(build.ipv4_be(ep.ipv4))] = table.Leaf(ep.id, 0)
+        with self._lock:
+            self._by_ip[ep.ipv4] = ep
+
+    def detach_endpoint(self, ep: Endpoint) -> None:
+        table = self._table()
+        try:
+            del table[table.Key(build.ipv4_be(ep.ipv4))]
+        except KeyError:
+            pass
+        with self._lock:
+            self._by_ip.pop(ep.ipv4, None)
+
+    def close(self) -> None:
+        self.proxy.close()
+
+    # -- the proxy's questions -------------------------------------------------------------
+    def _identity(self, ip: str) -> int:
+        ep = self._by_ip.get(ip)
+        if ep is not None:
+            return ep.identity
+        found = build.ipcache_lookup(self.agent.maps, ip)
+        return ID_WORLD if found is None else found
+
+    def decide(self, client: tuple[str, int], server: tuple[str, int], method: str, path: str,
+               headers: dict[str, str]) -> Decision:
+        """Ingress rules of the server pod and egress rules of the client pod must both allow."""
+        src_id, dst_id = self._identity(client[0]), self._identity(server[0])
+        compiled = self.agent.policy.compiled
+        allowed, direction = True, "INGRESS"
+        server_ep, client_ep = self._by_ip.get(server[0]), self._by_ip.get(client[0])
+        ingress = compiled.http_rules(server_ep.id, "ingress", src_id, server[1]) if server_ep else None
+        egress = compiled.http_rules(client_ep.id, "egress", dst_id, server[1]) if client_ep else None
+        if ingress is not None:
+            allowed = request_allowed(ingress, method, path, headers)
+        if egress is not None:
+            allowed = allowed and request_allowed(egress, method, path, headers)
+            if ingress is None:
+                direction = "EGRESS"
+        return Decision(allowed, src_id, dst_id, direction)
+
+    def record(self, exchange: Exchange) -> None:
+        self.verdicts[exchange.verdict] += 1
+        flows = getattr(self.agent, "flows", None)
+        if flows is not None:
+            record_exchange(flows.store, exchange)
+
+    def status(self) -> dict[str, Any]:
+        return {**self.proxy.status(), "verdicts": dict(self.verdicts)}
+
+
+def setup(agent: Any) -> L7Service:
+    """AGENT_PLUGINS entry (after workbench.policy.agent_plugin, which sets agent.datapath and agent.policy)."""
+    service = L7Service(agent)
+    agent.l7 = service
+    agent.add_endpoint_observer(service)
+    agent.register_method("l7.status", service.status)
+    return service
