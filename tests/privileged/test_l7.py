@@ -1,0 +1,239 @@
+"""L7 HTTP policy end to end: the star-wars lab, the seed's L7 rule, real curl/http.client traffic.
+
+The datapath redirects tiefighter's connections to the deathstar into the
+agent's transparent proxy (bpf_sk_assign); the proxy answers denied requests
+with 403 and forwards allowed ones; every request becomes an L7 flow row.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+import textwrap
+import time
+import uuid
+from datetime import UTC, datetime
+
+import pytest
+
+import workbench as wb
+from workbench.errors import ValidationError
+
+DEATHSTAR = "deathstar.default.svc.cluster.local"
+SEED_L7 = """
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata:
+  name: rule1
+spec:
+  description: "L7 policy to restrict access to specific HTTP call"
+  endpointSelector:
+    matchLabels: {org: empire, class: deathstar}
+  ingress:
+  - fromEndpoints:
+    - matchLabels: {org: empire}
+    toPorts:
+    - ports:
+      - port: "80"
+        protocol: TCP
+      rules:
+        http:
+        - method: "POST"
+          path: "/v1/request-landing"
+"""
+
+
+@pytest.fixture(scope="module")
+def lab():
+    lab = wb.Lab.up(name=f"l{uuid.uuid4().hex[:6]}")
+    try:
+        yield lab
+    finally:
+        lab.down()
+
+
+@pytest.fixture
+def seed_policy(lab):
+    lab.policy.apply(SEED_L7)
+    try:
+        yield
+    finally:
+        lab.policy.delete(all=True)
+
+
+def curl(lab, pod: str, method: str, path: str, timeout: int = 3):
+    return lab.exec(pod, ["curl", "-s", "-m", str(timeout), "-X", method, f"http://{DEATHSTAR}{path}"])
+
+
+def iso(seconds: float) -> str:
+    return datetime.fromtimestamp(seconds, UTC).isoformat()
+
+
+def accepted(lab) -> int:
+    return int(lab.call("l7.status")["accepted"])
+
+
+def wait_flows(lab, count: int, **filters):
+    """L7 rows are written when the exchange ends; allow the store a moment."""
+    deadline = time.monotonic() + 5
+    while True:
+        frame = lab.flows(type="l7", **filters)
+        if len(frame) >= count or time.monotonic() > deadline:
+            return frame
+        time.sleep(0.1)
+
+
+def test_seed_l7_policy_allows_landing_denies_exhaust_port_xwing_times_out(lab, seed_policy):
+    before = accepted(lab)
+    landed = curl(lab, "tiefighter", "POST", "/v1/request-landing")
+    assert landed.exit_code == 0 and landed.stdout == "Ship landed\n"
+    denied = lab.exec("tiefighter", ["curl", "-s", "-m", "3", "-o", "/dev/stdout", "-w", "%{http_code}",
+                                     "-X", "PUT", f"http://{DEATHSTAR}/v1/exhaust-port"])
+    assert denied.stdout.splitlines() == ["Access denied", "403"]
+    assert accepted(lab) == before + 2          # both went through the proxy
+    xwing = curl(lab, "xwing", "POST", "/v1/request-landing", timeout=2)
+    assert xwing.exit_code == 28                # L3/L4 drop: curl's timeout, no HTTP answer
+    assert accepted(lab) == before + 2          # xwing never reached the proxy
+
+
+def test_l7_flow_rows_carry_method_url_code_identities(lab, seed_policy):
+    start = time.time()
+    curl(lab, "tiefighter", "POST", "/v1/request-landing")
+    curl(lab, "tiefighter", "PUT", "/v1/exhaust-port")
+    since = iso(start)
+    rows = wait_flows(lab, 3, since=since)
+    tiefighter = lab.endpoints.set_index("pod").loc["tiefighter"]
+    request = rows[(rows.http_method == "POST") & ~rows.is_reply.astype(bool)].iloc[-1]
+    response = rows[(rows.http_method == "POST") & rows.is_reply.astype(bool)].iloc[-1]
+    denied = rows[rows.http_method == "PUT"].iloc[-1]
+    assert request.verdict == "FORWARDED" and request.src_pod == "tiefighter"
+    assert request.dst_pod.startswith("deathstar-") and request.dst_port == 80
+    assert request.http_url == f"http://{DEATHSTAR}/v1/request-landing"
+    assert int(request.src_identity) == int(tiefighter.identity)
+    assert response.http_code == 200 and response.l7_latency_ns > 0 and response.dst_pod == "tiefighter"
+    assert denied.verdict == "DROPPED" and denied.http_code == 403
+    assert denied.http_url == f"http://{DEATHSTAR}/v1/exhaust-port"
+    assert denied.traffic_direction == "INGRESS" and list(denied.src_labels) == list(request.src_labels)
+    # the filters of `observe --type l7 --http-method --http-path --http-status`
+    only_put = lab.flows(type="l7", http_method="PUT", http_status="403", since=since)
+    assert len(only_put) == 1 and only_put.iloc[0].verdict == "DROPPED"
+    assert len(lab.flows(type="l7", http_path="/v1/request-.*", since=since)) == 2
+    assert len(lab.flows(type="l7", http_status="2+", since=since)) == 1
+    cli = subprocess.run([sys.executable, "-m", "workbench", "observe", "--name", lab.name, "--type", "l7",
+                          "--http-method", "PUT", "--http-status", "403", "-o", "json"],
+                         capture_output=True, text=True, timeout=60)
+    assert cli.returncode == 0, cli.stderr
+    lines = [json.loads(line) for line in cli.stdout.splitlines()]
+    assert lines and all(f["http_code"] == 403 and f["http_method"] == "PUT" for f in lines)
+
+
+def test_backend_sees_the_client_identity_of_proxied_connections(lab, seed_policy):
+    start = time.time()
+    curl(lab, "tiefighter", "POST", "/v1/request-landing")
+    time.sleep(0.5)
+    tiefighter = int(lab.endpoints.set_index("pod").loc["tiefighter"].identity)
+    verdicts = lab.flows(type="policy-verdict", since=iso(start))
+    redirected = verdicts[(verdicts.verdict == "REDIRECTED") & (verdicts.src_pod == "tiefighter")]
+    assert len(redirected) == 1 and redirected.iloc[0].traffic_direction == "EGRESS"
+    upstream = verdicts[(verdicts.traffic_direction == "INGRESS") & verdicts.dst_pod.str.startswith("deathstar-")]
+    # the proxy's upstream leaves from the node (169.254.1.1) but is judged as tiefighter and forwarded
+    assert len(upstream) == 1
+    assert upstream.iloc[0].src_ip == "169.254.1.1" and int(upstream.iloc[0].src_identity) == tiefighter
+    assert upstream.iloc[0].verdict == "FORWARDED"
+
+
+KEEPALIVE_CLIENT = textwrap.dedent("""
+    import http.client, json, sys
+    conn = http.client.HTTPConnection(sys.argv[1], 80, timeout=5)
+    out = []
+    for method, path in [("POST", "/v1/request-landing"), ("PUT", "/v1/exhaust-port"),
+                         ("POST", "/v1/request-landing"), ("GET", "/v1/"), ("POST", "/v1/request-landing")]:
+        conn.request(method, path, body=b"x" * 10 if method != "GET" else None)
+        resp = conn.getresponse()
+        out.append([method, path, resp.status, resp.read().decode(), conn.sock.getsockname()[1]])
+    print(json.dumps(out))
+""")
+
+
+def test_keep_alive_connection_gets_a_verdict_per_request(lab, seed_policy):
+    before = accepted(lab)
+    run = lab.exec("tiefighter", [sys.executable, "-I", "-c", KEEPALIVE_CLIENT, DEATHSTAR], check=True)
+    answers = json.loads(run.stdout)
+    assert [(a[2], a[3]) for a in answers] == [
+        (200, "Ship landed\n"), (403, "Access denied\r\n"), (200, "Ship landed\n"),
+        (403, "Access denied\r\n"), (200, "Ship landed\n")]
+    assert len({a[4] for a in answers}) == 1      # one TCP connection for all five
+    assert accepted(lab) == before + 1
+
+
+def test_policy_delete_removes_the_redirect(lab):
+    lab.policy.apply(SEED_L7)
+    try:
+        assert curl(lab, "tiefighter", "PUT", "/v1/exhaust-port").stdout.strip() == "Access denied"
+        assert (lab.policy.map.proxy_port > 0).any()
+    finally:
+        lab.policy.delete("rule1")
+    before = accepted(lab)
+    assert (lab.policy.map.proxy_port == 0).all()
+    assert curl(lab, "tiefighter", "PUT", "/v1/exhaust-port").stdout == "Panic: deathstar exploded\n"
+    assert curl(lab, "xwing", "POST", "/v1/request-landing").stdout == "Ship landed\n"
+    assert accepted(lab) == before                 # nothing went through the proxy any more
+
+
+@pytest.mark.parametrize("bad, message", [
+    (SEED_L7.replace('path: "/v1/request-landing"', 'path: "/v1/(request"'),
+     "rules.http[0].path: invalid regular expression"),
+    (SEED_L7.replace("        protocol: TCP\n", ""), "L7 (HTTP) rules need protocol TCP; this port has no protocol"),
+    (SEED_L7.replace("protocol: TCP", "protocol: UDP"), "this port has protocol UDP"),
+])
+def test_bad_l7_policy_is_refused_and_nothing_is_applied(lab, bad, message):
+    lab.policy.apply(SEED_L7.replace("name: rule1", "name: keep"))
+    try:
+        entries_before = lab.policy.map.drop(columns=["packets", "bytes"]).to_dict(orient="records")
+        with pytest.raises(ValidationError, match=re.escape(message)):
+            lab.policy.apply(SEED_L7 + "---\n" + bad.replace("name: rule1", "name: bad"))
+        assert set(lab.policy.get()["name"]) == {"keep"}
+        assert lab.policy.map.drop(columns=["packets", "bytes"]).to_dict(orient="records") == entries_before
+        # also when it reaches the agent without the client's own check
+        with pytest.raises(ValidationError, match="protocol|regular expression"):
+            lab.call("policy.apply", text=bad)
+        assert set(lab.policy.get()["name"]) == {"keep"}
+    finally:
+        lab.policy.delete(all=True)
+
+
+MALFORMED_CLIENT = textwrap.dedent("""
+    import socket, sys
+    s = socket.create_connection((sys.argv[1], 80), timeout=5)
+    s.sendall(b"THIS IS NOT HTTP\\r\\n\\r\\n")
+    data = b""
+    while True:
+        chunk = s.recv(4096)
+        if not chunk:
+            break
+        data += chunk
+    print(data.decode().split("\\r\\n")[0])
+""")
+
+
+def test_malformed_http_gets_400_a_flow_and_the_proxy_keeps_serving(lab, seed_policy):
+    start = time.time()
+    # a second client holds a keep-alive connection open across the malformed one
+    run = lab.exec("tiefighter", [sys.executable, "-I", "-c", MALFORMED_CLIENT, DEATHSTAR], check=True)
+    assert run.stdout.strip() == "HTTP/1.1 400 Bad Request"
+    rows = wait_flows(lab, 1, http_status="400", since=iso(start))
+    assert len(rows) == 1 and rows.iloc[0].verdict == "ERROR" and rows.iloc[0].src_pod == "tiefighter"
+    assert curl(lab, "tiefighter", "POST", "/v1/request-landing").stdout == "Ship landed\n"
+    assert lab.call("l7.status")["errors"] == 0
+
+
+def test_metrics_count_l7_verdicts(lab, seed_policy):
+    curl(lab, "tiefighter", "PUT", "/v1/exhaust-port")
+    wait_flows(lab, 1, http_status="403")
+    metrics = lab.metrics()
+    l7 = metrics[(metrics["name"] == "hubble_flows_processed_total")
+                 & metrics["labels"].astype(str).str.contains("L7")]
+    text = " ".join(l7["labels"].astype(str))
+    assert "DROPPED" in text and (l7["value"] > 0).all(), l7
