@@ -205,26 +205,37 @@ def test_bad_l7_policy_is_refused_and_nothing_is_applied(lab, bad, message):
 
 
 MALFORMED_CLIENT = textwrap.dedent("""
-    import socket, sys
-    s = socket.create_connection((sys.argv[1], 80), timeout=5)
-    s.sendall(b"THIS IS NOT HTTP\\r\\n\\r\\n")
-    data = b""
-    while True:
-        chunk = s.recv(4096)
-        if not chunk:
-            break
-        data += chunk
-    print(data.decode().split("\\r\\n")[0])
+    import http.client, json, socket, sys
+    keep = http.client.HTTPConnection(sys.argv[1], 80, timeout=5)   # another connection, open throughout
+    keep.request("POST", "/v1/request-landing")
+    first = keep.getresponse().read().decode()
+    out = {"first": first, "port": keep.sock.getsockname()[1]}
+    for garbage in (b"THIS IS NOT HTTP\\r\\n\\r\\n", b"GET / HTTP/1.1\\r\\nbad header line\\r\\n\\r\\n"):
+        s = socket.create_connection((sys.argv[1], 80), timeout=5)
+        s.sendall(garbage)
+        data = b""
+        while True:
+            chunk = s.recv(4096)
+            if not chunk:
+                break
+            data += chunk
+        out.setdefault("bad", []).append(data.decode().split("\\r\\n")[0])
+    keep.request("POST", "/v1/request-landing")
+    out["again"] = keep.getresponse().read().decode()
+    out["same_port"] = keep.sock.getsockname()[1] == out["port"]
+    print(json.dumps(out))
 """)
 
 
 def test_malformed_http_gets_400_a_flow_and_the_proxy_keeps_serving(lab, seed_policy):
     start = time.time()
-    # a second client holds a keep-alive connection open across the malformed one
     run = lab.exec("tiefighter", [sys.executable, "-I", "-c", MALFORMED_CLIENT, DEATHSTAR], check=True)
-    assert run.stdout.strip() == "HTTP/1.1 400 Bad Request"
-    rows = wait_flows(lab, 1, http_status="400", since=iso(start))
-    assert len(rows) == 1 and rows.iloc[0].verdict == "ERROR" and rows.iloc[0].src_pod == "tiefighter"
+    out = json.loads(run.stdout)
+    assert out["bad"] == ["HTTP/1.1 400 Bad Request"] * 2
+    # the other connection was not disturbed: same socket, still answered
+    assert out["first"] == out["again"] == "Ship landed\n" and out["same_port"]
+    rows = wait_flows(lab, 2, http_status="400", since=iso(start))
+    assert len(rows) == 2 and set(rows.verdict) == {"ERROR"} and set(rows.src_pod) == {"tiefighter"}
     assert curl(lab, "tiefighter", "POST", "/v1/request-landing").stdout == "Ship landed\n"
     assert lab.call("l7.status")["errors"] == 0
 
@@ -237,3 +248,36 @@ def test_metrics_count_l7_verdicts(lab, seed_policy):
                  & metrics["labels"].astype(str).str.contains("L7")]
     text = " ".join(l7["labels"].astype(str))
     assert "DROPPED" in text and (l7["value"] > 0).all(), l7
+
+
+EGRESS_L7 = """
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata:
+  name: tiefighter-reads-only
+spec:
+  endpointSelector:
+    matchLabels: {class: tiefighter}
+  egress:
+  - toEndpoints:
+    - matchLabels: {class: deathstar}
+    toPorts:
+    - ports: [{port: "80", protocol: TCP}]
+      rules:
+        http: [{method: GET, path: "/v1/.*"}]
+"""
+
+
+def test_egress_l7_rule_of_the_client(lab):
+    start = time.time()
+    lab.policy.apply(EGRESS_L7)
+    try:
+        assert '"name": "Death Star"' in curl(lab, "tiefighter", "GET", "/v1/").stdout
+        assert curl(lab, "tiefighter", "POST", "/v1/request-landing").stdout.strip() == "Access denied"
+        assert curl(lab, "xwing", "POST", "/v1/request-landing").stdout == "Ship landed\n"   # not selected
+    finally:
+        lab.policy.delete(all=True)
+    rows = wait_flows(lab, 3, since=iso(start))
+    denied = rows[rows.verdict == "DROPPED"]
+    assert len(denied) == 1 and denied.iloc[0].traffic_direction == "EGRESS"
+    assert denied.iloc[0].http_method == "POST"
