@@ -16,7 +16,7 @@ from typing import Any
 
 from .errors import NotFoundError, PrivilegeError, SetupError, ValidationError, WorkbenchError
 
-__all__ = ["status", "program", "Lab", "WorkbenchError", "SetupError", "PrivilegeError", "NotFoundError", "ValidationError",
+__all__ = ["status", "program", "read_flows", "Lab", "WorkbenchError", "SetupError", "PrivilegeError", "NotFoundError", "ValidationError",
            "load_ipython_extension"]
 __version__ = "0.1.0"
 
@@ -48,6 +48,19 @@ def program(name: str) -> Any:
     from .notebook.programs import manager
 
     return manager().get(name)
+
+
+def read_flows(path: str) -> Any:
+    """Flows archived with ``to_parquet`` / ``workbench flows export``, with the flow columns' dtypes.
+
+    Example::
+
+        lab.flows().to_parquet("flows.parquet")
+        wb.read_flows("flows.parquet")
+    """
+    from .observe.archive import load_parquet
+
+    return load_parquet(path)
 
 
 def load_ipython_extension(ipython: Any) -> None:

@@ -6,7 +6,8 @@ import shlex
 from typing import Any
 
 from IPython.core.error import UsageError
-from IPython.core.magic import Magics, line_cell_magic, magics_class
+from IPython.core.magic import Magics, cell_magic, line_cell_magic, magics_class
+from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
 
 from ..commands import ArgumentError, run
 from ..errors import WorkbenchError
@@ -32,6 +33,46 @@ class WorkbenchMagics(Magics):
             raise UsageError(_message(err)) from None
         value = getattr(result, "value", None)
         return value() if callable(value) else result
+
+
+    @magic_arguments()
+    @argument("--dry-run", action="store_true", help="show which endpoints and map entries would change")
+    @argument("--audit", action="store_true", help="apply, with the selected endpoints in audit mode")
+    @argument("--name", "--lab", dest="lab", default="default", help="lab name")
+    @cell_magic
+    def policy(self, line: str, cell: str) -> Any:
+        """`%%policy [--dry-run] [--audit] [--lab L]`: apply the CiliumNetworkPolicy/NetworkPolicy YAML in the cell."""
+        from ..api import Lab
+
+        try:
+            args = parse_argstring(self.policy, line)
+        except UsageError as err:
+            raise UsageError(f"%%policy: {err}") from None
+        if not cell.strip():
+            raise UsageError("%%policy: the cell is empty; write policy YAML below the %%policy line")
+        try:
+            outcome = Lab(args.lab).policy.apply(cell, dry_run=args.dry_run, audit=args.audit)
+        except WorkbenchError as err:
+            raise UsageError(f"%%policy: {err}") from None
+        return PolicyOutcome(outcome)
+
+
+class PolicyOutcome(dict):  # type: ignore[type-arg]
+    """What %%policy did, shown as a sentence and (for --dry-run) the entries that would change."""
+
+    def _repr_html_(self) -> str:
+        import html
+
+        import pandas as pd
+
+        if self.get("dry_run"):
+            rows = pd.DataFrame(self.get("rows", []))
+            table = rows.to_html(index=False) if not rows.empty else ""
+            return f"<p><b>dry run</b>: {html.escape(self['summary'])} (nothing applied)</p>{table}"
+        enforced = ", ".join(self.get("enforced", [])) or "none"
+        audit = f"; audit mode on for {', '.join(self['audited'])}" if self.get("audited") else ""
+        return (f"<p>applied <b>{html.escape(', '.join(self['applied']))}</b>: {self['entries']} map entries; "
+                f"default-deny: {html.escape(enforced)}{html.escape(audit)}</p>")
 
 
 def _message(err: Exception) -> str:

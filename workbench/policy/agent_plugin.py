@@ -104,7 +104,7 @@ class PolicyService:
         return (ep.id, "ingress") in enforced, (ep.id, "egress") in enforced
 
     # -- local API methods ---------------------------------------------------------------
-    def apply(self, text: str, source: str = "", dry_run: bool = False) -> dict[str, Any]:
+    def apply(self, text: str, source: str = "", dry_run: bool = False, audit: bool = False) -> dict[str, Any]:
         docs = load_documents(text) if not source else _load_named(text, source)
         with self.lock:
             documents = dict(self.documents)
@@ -116,9 +116,18 @@ class PolicyService:
                 return {"applied": [], "dry_run": True, "summary": change.summary(),
                         "rows": change.rows(self.compiled, new), "endpoints": sorted(change.endpoints)}
             compiled = self._commit(documents)
-            return {"applied": [d.key for d in docs], "entries": len(compiled.entries),
+            audited = self._audit_selected(docs) if audit else []
+            return {"applied": [d.key for d in docs], "entries": len(compiled.entries), "audited": audited,
                     "enforced": sorted(f"{compiled.endpoint_names.get(e, e)}:{d}" for e, d in compiled.enforced),
                     "timing": self.datapath.policy_writer().last_apply_timing}
+
+    def _audit_selected(self, docs: list[PolicyDocument]) -> list[str]:
+        """Audit mode for the endpoints these documents select (in any direction)."""
+        selected = {ep_id for ep_id, _ in self._compile({d.key: d for d in docs}).enforced}
+        pods = [ep for ep in self.agent.endpoints.values() if ep.id in selected]
+        for ep in pods:
+            self.datapath.set_audit(ep.id, True)
+        return sorted(ep.pod for ep in pods)
 
     def get(self) -> list[dict[str, Any]]:
         with self.lock:

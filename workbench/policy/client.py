@@ -92,10 +92,16 @@ class LabPolicy:
     def __init__(self, client: AgentClient) -> None:
         self._client = client
 
-    def apply(self, source: str | Path | dict[str, Any] | list[Any], *, dry_run: bool = False) -> dict[str, Any]:
-        """Apply CiliumNetworkPolicy / NetworkPolicy documents: all of them or none."""
+    def apply(self, source: str | Path | dict[str, Any] | list[Any], *, dry_run: bool = False,
+              audit: bool = False) -> dict[str, Any]:
+        """Apply CiliumNetworkPolicy / NetworkPolicy documents: all of them or none.
+
+        ``dry_run`` shows which endpoints and entries would change and applies
+        nothing; ``audit`` applies and puts the endpoints the documents select
+        into audit mode (their policy drops pass, reported as AUDIT).
+        """
         text, label = policy_text(source)
-        return dict(self._client.call("policy.apply", text=text, source=label, dry_run=dry_run))
+        return dict(self._client.call("policy.apply", text=text, source=label, dry_run=dry_run, audit=audit))
 
     def get(self) -> pd.DataFrame:
         """The applied policies: name, namespace, kind, and how many map entries each produced."""
