@@ -27,8 +27,8 @@ from ..datapath import build
 from ..lab import topology
 from ..model import ID_WORLD, Endpoint
 from ..policy.compiler import DEFAULT_PROXY_PORT
-from ..policy.l7 import request_allowed
-from .flows import record_exchange
+from ..policy.l7 import HttpRule, request_allowed
+from .flows import FlowRecorder
 from .proxy import Decision, Exchange, Proxy
 
 TO_PROXY_MARK = 0x0200
@@ -64,8 +64,14 @@ class L7Service:
         self.verdicts: Counter[str] = Counter()
         self._lock = threading.Lock()
         self._by_ip: dict[str, Endpoint] = {}
+        # (ep, direction, identity, port) -> rules of the compiled policy in _cached_for (a new compile is a
+        # new object, which empties the cache)
+        self._rules_cache: dict[tuple[int, str, int, int], tuple[HttpRule, ...] | None] = {}
+        self._cached_for: object = None
         node = topology.node_netns(agent.lab)
         setup_redirect_routing(node)
+        flows = getattr(agent, "flows", None)
+        self.recorder = FlowRecorder(flows.store) if flows is not None else None
         self.proxy = Proxy(node, port, self.decide, self.record)
         self.proxy.start()
 
@@ -90,6 +96,8 @@ class L7Service:
 
     def close(self) -> None:
         self.proxy.close()
+        if self.recorder is not None:
+            self.recorder.close()
 
     # -- the proxy's questions -------------------------------------------------------------
     def _identity(self, ip: str) -> int:
@@ -99,15 +107,25 @@ class L7Service:
         found = build.ipcache_lookup(self.agent.maps, ip)
         return ID_WORLD if found is None else found
 
+    def _rules(self, ep: Endpoint | None, direction: str, identity: int, port: int) -> tuple[HttpRule, ...] | None:
+        if ep is None:
+            return None
+        compiled = self.agent.policy.compiled
+        if compiled is not self._cached_for:
+            self._rules_cache, self._cached_for = {}, compiled
+        key = (ep.id, direction, identity, port)
+        if key not in self._rules_cache:
+            self._rules_cache[key] = compiled.http_rules(ep.id, direction, identity, port)  # type: ignore[arg-type]
+        return self._rules_cache[key]
+
     def decide(self, client: tuple[str, int], server: tuple[str, int], method: str, path: str,
                headers: dict[str, str]) -> Decision:
         """Ingress rules of the server pod and egress rules of the client pod must both allow."""
         src_id, dst_id = self._identity(client[0]), self._identity(server[0])
-        compiled = self.agent.policy.compiled
         allowed, direction = True, "INGRESS"
         server_ep, client_ep = self._by_ip.get(server[0]), self._by_ip.get(client[0])
-        ingress = compiled.http_rules(server_ep.id, "ingress", src_id, server[1]) if server_ep else None
-        egress = compiled.http_rules(client_ep.id, "egress", dst_id, server[1]) if client_ep else None
+        ingress = self._rules(server_ep, "ingress", src_id, server[1])
+        egress = self._rules(client_ep, "egress", dst_id, server[1])
         if ingress is not None:
             allowed = request_allowed(ingress, method, path, headers)
         if egress is not None:
@@ -118,9 +136,8 @@ class L7Service:
 
     def record(self, exchange: Exchange) -> None:
         self.verdicts[exchange.verdict] += 1
-        flows = getattr(self.agent, "flows", None)
-        if flows is not None:
-            record_exchange(flows.store, exchange)
+        if self.recorder is not None:
+            self.recorder.put(exchange)
 
     def status(self) -> dict[str, Any]:
         return {**self.proxy.status(), "verdicts": dict(self.verdicts)}
