@@ -21,13 +21,26 @@
  * socket receives it (ip rule fwmark 0x200/0xf00 -> local table).
  *
  * The proxy's upstream connections leave from the node with SO_MARK =
- * FROM_PROXY magic | client identity << 16; to-container takes the peer
- * identity from that mark, so the backend's L3/L4 check sees the real
- * client. Pods cannot forge marks: veth scrubs skb->mark between netns. */
+ * FROM_PROXY magic | the client identity (bits 0-15 in mark bits 16-31,
+ * 16-23 in bits 0-7, 24-27 in bits 12-15: CIDR identities are 1 << 24 | n);
+ * to-container takes the peer identity from that mark, so the backend's
+ * L3/L4 check sees the real client. Pods cannot forge marks: veth scrubs
+ * skb->mark between netns.
+ *
+ * Clients outside the pods (the lab's world netns) enter the node through
+ * world0, where no lxc program runs: l7_from_world (TC ingress on world0,
+ * attached by the agent's L7 plugin) redirects their connections the same
+ * way, statelessly: an existing accepted proxy socket for the tuple takes
+ * the packet; a SYN whose destination's ingress entry carries a proxy port
+ * goes to the listener. */
 #ifndef WB_L7_H
 #define WB_L7_H
 
 #include "maps.h"
+#include "parse.h"
+#include "events.h"
+#include "verdict.h"
+#include "policy.h"
 
 #define WB_MARK_MAGIC_MASK       0x0F00
 #define WB_MARK_MAGIC_TO_PROXY   0x0200  /* set here: the node delivers the packet locally */
@@ -48,7 +61,7 @@ struct l7_ep_key {
 
 struct l7_ep_value {
     __u32 ep_id;
-    __u32 pad;
+    __u32 identity;
 };
 
 BPF_TABLE_PINNED("hash", struct l7_ep_key, struct l7_ep_value, l7_endpoints, ENDPOINTS_MAX,
@@ -114,9 +127,59 @@ static __always_inline __u16 l7_assign(struct __sk_buff *skb, const struct pkt *
 /* The client identity of a proxy upstream packet (to-container), or 0. */
 static __always_inline __u32 l7_proxy_identity(const struct __sk_buff *skb)
 {
-    if ((skb->mark & WB_MARK_MAGIC_MASK) != WB_MARK_MAGIC_FROM_PROXY)
+    __u32 mark = skb->mark;
+    if ((mark & WB_MARK_MAGIC_MASK) != WB_MARK_MAGIC_FROM_PROXY)
         return 0;
-    return skb->mark >> 16;
+    return (mark >> 16) | (mark & 0xFF) << 16 | ((mark >> 12) & 0xF) << 24;
+}
+
+/* TC ingress on world0 (see the header comment). Never drops: what it does
+ * not redirect goes on to the lxc programs as before. */
+int l7_from_world(struct __sk_buff *skb)
+{
+    struct pkt p = {};
+    if (!parse_ipv4(skb, &p) || p.proto != IPPROTO_TCP)
+        return TC_ACT_OK;
+    struct bpf_sock_tuple t = {};
+    t.ipv4.saddr = p.saddr;
+    t.ipv4.daddr = p.daddr;
+    t.ipv4.sport = p.sport;
+    t.ipv4.dport = p.dport;
+    struct bpf_sock *sk = bpf_skc_lookup_tcp(skb, &t, sizeof(t.ipv4), BPF_F_CURRENT_NETNS, 0);
+    if (sk) {
+        if (sk->state != BPF_TCP_LISTEN && sk->state != BPF_TCP_TIME_WAIT) {
+            long err = bpf_sk_assign(skb, sk, 0);
+            bpf_sk_release(sk);
+            if (!err)
+                skb->mark = WB_MARK_MAGIC_TO_PROXY;
+            return TC_ACT_OK;
+        }
+        bpf_sk_release(sk);
+    }
+    if ((p.tcp_flags & (WB_TCP_SYN | WB_TCP_ACK)) != WB_TCP_SYN)
+        return TC_ACT_OK;
+    struct ipcache_key ik = {.prefixlen = 32, .addr = p.saddr};
+    struct ipcache_value *iv = ipcache.lookup(&ik);
+    __u32 identity = iv ? iv->identity : WB_ID_WORLD;
+    __u16 proxy_port = l7_ingress_proxy_port(active_generation(), p.daddr, identity, p.dport);
+    if (!proxy_port)
+        return TC_ACT_OK;
+    __u16 reason = l7_assign(skb, &p, proxy_port);
+    struct l7_ep_key ek = {.ipv4 = p.daddr};
+    struct l7_ep_value *dst = l7_endpoints.lookup(&ek);
+    struct flow_ctx fc = {};
+    fc.src_identity = identity;
+    fc.dst_identity = dst ? dst->identity : 0;
+    fc.ifindex = skb->ifindex;
+    fc.ep_id = dst ? (__u16)dst->ep_id : 0;
+    fc.direction = WB_DIR_INGRESS;
+    if (reason) {
+        count_verdict(WB_VERDICT_DROPPED, WB_DIR_INGRESS, reason, p.len);
+        emit_event(&p, &fc, WB_EVENT_DROP, WB_VERDICT_DROPPED, reason, WB_MATCH_NONE, 0, 0);
+        return TC_ACT_SHOT;  /* the policy wants the proxy and it is not there: fail closed */
+    }
+    emit_event(&p, &fc, WB_EVENT_TRACE, WB_VERDICT_REDIRECTED, 0, WB_MATCH_NONE, proxy_port, 0);
+    return TC_ACT_OK;
 }
 
 #endif /* WB_L7_H */

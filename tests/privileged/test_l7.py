@@ -281,3 +281,48 @@ def test_egress_l7_rule_of_the_client(lab):
     denied = rows[rows.verdict == "DROPPED"]
     assert len(denied) == 1 and denied.iloc[0].traffic_direction == "EGRESS"
     assert denied.iloc[0].http_method == "POST"
+
+
+WORLD_L7 = """
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata:
+  name: world-reads-only
+spec:
+  endpointSelector:
+    matchLabels: {class: deathstar}
+  ingress:
+  - fromEntities: [world]
+    toPorts:
+    - ports: [{port: "80", protocol: TCP}]
+      rules:
+        http: [{method: GET, path: "/v1/.*"}]
+"""
+
+
+def test_world_clients_are_redirected_at_world0(lab):
+    deathstar = str(lab.endpoints.set_index("pod").filter(like="deathstar-", axis=0).iloc[0].ipv4)
+    world = f"wb-{lab.name}-world"
+
+    def from_world(method: str, path: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(["ip", "netns", "exec", world, "curl", "-s", "-m", "3", "-X", method,
+                               f"http://{deathstar}{path}"], capture_output=True, text=True, timeout=30)
+
+    start = time.time()
+    lab.policy.apply(WORLD_L7)
+    try:
+        before = accepted(lab)
+        assert '"name": "Death Star"' in from_world("GET", "/v1/").stdout
+        assert from_world("PUT", "/v1/exhaust-port").stdout.strip() == "Access denied"
+        assert accepted(lab) == before + 2
+        assert curl(lab, "tiefighter", "GET", "/v1/", timeout=2).exit_code == 28   # not allowed at L3
+    finally:
+        lab.policy.delete(all=True)
+    rows = wait_flows(lab, 3, since=iso(start))
+    denied = rows[rows.verdict == "DROPPED"].iloc[-1]
+    assert denied.src_ip == "192.0.2.10" and int(denied.src_identity) == 2 and denied.http_code == 403
+    # the upstream is judged as world at the deathstar (the mark carries identity 2)
+    verdicts = lab.flows(type="policy-verdict", since=iso(start))
+    upstream = verdicts[(verdicts.src_ip == "169.254.1.1") & (verdicts.verdict == "FORWARDED")]
+    assert len(upstream) >= 1 and set(upstream.src_identity.astype(int)) == {2}
+    assert from_world("PUT", "/v1/exhaust-port").stdout == "Panic: deathstar exploded\n"   # no policy: direct

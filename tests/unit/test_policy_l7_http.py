@@ -94,10 +94,15 @@ def test_the_proxys_own_answers():
 
 def test_upstream_mark_encodes_the_client_identity():
     assert upstream_mark(300) == 0x0A00 | 300 << 16
+    cidr = 1 << 24 | 0x12345          # a local CIDR identity (a world client behind a toCIDR rule)
+    mark = upstream_mark(cidr)
+    assert mark & 0x0F00 == 0x0A00
+    # the decoding of bpf/lib/l7.h l7_proxy_identity
+    assert (mark >> 16) | (mark & 0xFF) << 16 | ((mark >> 12) & 0xF) << 24 == cidr
     with pytest.raises(ValueError):
         upstream_mark(0)
     with pytest.raises(ValueError):
-        upstream_mark(1 << 24 | 5)   # CIDR identities are never proxy clients
+        upstream_mark(1 << 28)
 
 
 def test_exchanges_become_hubble_style_l7_rows():

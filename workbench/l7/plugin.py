@@ -55,6 +55,28 @@ def setup_redirect_routing(node_netns: str) -> None:
                   scope=RT_SCOPE_HOST)
 
 
+WORLD_PROGRAM = "l7_from_world"   # bpf/lib/l7.h, compiled with lxc.bpf.c (one compile per lab)
+TC_INGRESS = "ffff:fff2"
+WORLD_FILTER_PRIO = 1
+WORLD_FILTER_HANDLE = ":1"
+
+
+@netlink.off_event_loop
+def attach_world_redirect(datapath: Any, node_netns: str) -> None:
+    """The world netns' clients enter through world0: redirect their L7 connections there (TC ingress)."""
+    from bcc import BPF
+
+    fn = datapath.bpf.load_func(WORLD_PROGRAM, BPF.SCHED_CLS)
+    with IPRoute(netns=node_netns) as ipr:
+        found = ipr.link_lookup(ifname=topology.WORLD_LINK)
+        if not found:
+            return  # a lab without a world (test beds)
+        index = int(found[0])
+        netlink.ensure_clsact(ipr, index)
+        ipr.tc("replace-filter", "bpf", index, WORLD_FILTER_HANDLE, fd=fn.fd, name=WORLD_PROGRAM,
+               parent=TC_INGRESS, classid=1, direct_action=True, prio=WORLD_FILTER_PRIO)
+
+
 class L7Service:
     """Proxy + redirect facts of one lab (one per agent)."""
 
@@ -70,6 +92,7 @@ class L7Service:
         self._cached_for: object = None
         node = topology.node_netns(agent.lab)
         setup_redirect_routing(node)
+        attach_world_redirect(agent.datapath, node)
         flows = getattr(agent, "flows", None)
         self.recorder = FlowRecorder(flows.store) if flows is not None else None
         self.proxy = Proxy(node, port, self.decide, self.record)
@@ -81,7 +104,7 @@ class L7Service:
 
     def attach_endpoint(self, ep: Endpoint) -> None:
         table = self._table()
-        table[table.Key(build.ipv4_be(ep.ipv4))] = table.Leaf(ep.id, 0)
+        table[table.Key(build.ipv4_be(ep.ipv4))] = table.Leaf(ep.id, ep.identity)
         with self._lock:
             self._by_ip[ep.ipv4] = ep
 

@@ -55,10 +55,15 @@ DENIED_BODY = "Access denied\r\n"
 
 
 def upstream_mark(identity: int) -> int:
-    """SO_MARK of an upstream socket speaking for ``identity`` (bpf/lib/l7.h reads it back)."""
-    if not 0 < identity < 1 << 16:
-        raise ValueError(f"identity {identity} does not fit the proxy mark (1..65535)")
-    return MARK_MAGIC_FROM_PROXY | identity << 16
+    """SO_MARK of an upstream socket speaking for ``identity`` (bpf/lib/l7.h decodes it).
+
+    Identity bits 0-15 go to mark bits 16-31, bits 16-23 to 0-7, bits 24-27 to 12-15
+    (CIDR identities are 1 << 24 | n); bits 8-11 hold the FROM_PROXY magic.
+    """
+    if not 0 < identity < 1 << 28:
+        raise ValueError(f"identity {identity} does not fit the proxy mark (1..2^28-1)")
+    return (MARK_MAGIC_FROM_PROXY | (identity & 0xFFFF) << 16 | (identity >> 16) & 0xFF
+            | ((identity >> 24) & 0xF) << 12)
 
 
 @dataclass
