@@ -326,3 +326,15 @@ def test_world_clients_are_redirected_at_world0(lab):
     upstream = verdicts[(verdicts.src_ip == "169.254.1.1") & (verdicts.verdict == "FORWARDED")]
     assert len(upstream) >= 1 and set(upstream.src_identity.astype(int)) == {2}
     assert from_world("PUT", "/v1/exhaust-port").stdout == "Panic: deathstar exploded\n"   # no policy: direct
+
+
+def test_connectivity_test_expectations_know_l7_rules(lab, seed_policy):
+    report = lab.connectivity_test()
+    # A deathstar pod probing its own service may be given itself as the backend: that connection never
+    # leaves its netns (no datapath, no proxy), so its outcome depends on the LB's pick (a lab limit
+    # that L3/L4 expectations share). Everything else must be as expected.
+    assert all(p.source.startswith("deathstar-") and p.destination == "default/deathstar"
+               for p in report.unexpected), report.summary()
+    to_deathstar = [p for p in report.probes if p.source == "tiefighter" and "deathstar" in p.destination]
+    # GET /v1/ is not POST /v1/request-landing: the proxy answers 403, and that is what was expected
+    assert to_deathstar and all(not p.expected and not p.ok and "403" in p.detail for p in to_deathstar)

@@ -34,12 +34,18 @@ Why the decision is made at the client's from-container: only TC *ingress*
 may assign sockets, and the client's lxc is where a pod's packets enter the
 node.
 
-Limits: clients that are not lab pods (the world netns, the node itself)
-are not redirected for ingress L7 rules (their packets never pass a
-from-container); the backend sees the node address 169.254.1.1 as the
-source of proxied requests (the identity travels in the mark); connections
-already redirected keep going through the proxy after a policy delete until
-they close (conntrack keeps the proxy port), new ones go direct.
+Clients in the lab's world netns enter the node through world0, where no
+lxc program runs: ``l7_from_world`` (TC ingress on world0, same compile)
+redirects their connections the same way, statelessly.
+
+Limits: connections the node itself opens are not redirected; a pod that
+reaches itself through its own service never leaves its netns (no datapath,
+no proxy); the backend sees the node address 169.254.1.1 as the source of
+proxied requests (the identity travels in the mark); connections already
+redirected keep going through the proxy after a policy delete until they
+close (conntrack keeps the proxy port; the proxy then allows every request),
+new ones go direct; an agent restart closes the proxied connections of the
+old agent.
 
 Modules: :mod:`.http` (HTTP/1.1 framing), :mod:`.proxy` (the proxy),
 :mod:`.flows` (L7 flow rows), :mod:`.plugin` (agent wiring).

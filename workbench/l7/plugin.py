@@ -165,6 +165,26 @@ class L7Service:
     def status(self) -> dict[str, Any]:
         return {**self.proxy.status(), "verdicts": dict(self.verdicts)}
 
+    def l7_expect(self, l3l4: Any, probes: list[dict[str, Any]]) -> list[bool]:
+        """`connectivity test` expectations with L7: an HTTP probe that L3/L4 admits must also pass the
+        HTTP rules (GET on its path) of every backend it may reach, or it gets 403."""
+        answers = list(l3l4(probes=probes))
+        by_pod = {ep.pod: ep for ep in self.agent.endpoints.values()}
+        services = {f"{svc.namespace}/{svc.name}": svc for svc in self.agent.services}
+        for i, probe in enumerate(probes):
+            if not answers[i] or probe.get("protocol") != "TCP" or probe["source"] not in by_pod:
+                continue
+            client = (by_pod[probe["source"]].ipv4, 0)
+            targets = [(probe["address"], int(probe["port"]))]
+            svc = services.get(str(probe.get("destination"))) if probe.get("kind") == "pod-to-service" else None
+            if svc is not None:
+                port = next((p.target_port for p in svc.ports if p.port == probe["port"]), probe["port"])
+                targets = [(by_pod[b].ipv4, int(port)) for b in svc.backends if b in by_pod]
+            headers = {"host": str(probe["address"])}
+            answers[i] = all(self.decide(client, t, "GET", str(probe.get("path") or "/"), headers).allowed
+                             for t in targets)
+        return answers
+
 
 def setup(agent: Any) -> L7Service:
     """AGENT_PLUGINS entry (after workbench.policy.agent_plugin, which sets agent.datapath and agent.policy)."""
@@ -172,4 +192,8 @@ def setup(agent: Any) -> L7Service:
     agent.l7 = service
     agent.add_endpoint_observer(service)
     agent.register_method("l7.status", service.status)
+    l3l4 = agent.methods.get("connectivity.expect")
+    if l3l4 is not None:
+        agent.register_method("connectivity.expect",
+                              lambda probes: service.l7_expect(l3l4, probes))
     return service
