@@ -338,3 +338,19 @@ def test_connectivity_test_expectations_know_l7_rules(lab, seed_policy):
     to_deathstar = [p for p in report.probes if p.source == "tiefighter" and "deathstar" in p.destination]
     # GET /v1/ is not POST /v1/request-landing: the proxy answers 403, and that is what was expected
     assert to_deathstar and all(not p.expected and not p.ok and "403" in p.detail for p in to_deathstar)
+
+
+def test_expect_100_continue_bodies_are_not_stalled(lab, seed_policy):
+    body = "x" * 4096
+
+    def post(method: str, path: str):
+        return lab.exec("tiefighter", ["curl", "-s", "-m", "5", "-X", method, "-H", "Expect: 100-continue",
+                                       "--data-binary", "@-", "-w", "\n%{http_code} %{time_total}",
+                                       f"http://{DEATHSTAR}{path}"], input=body)
+
+    landed = post("POST", "/v1/request-landing").stdout.splitlines()
+    assert landed[0] == "Ship landed"
+    code, seconds = landed[-1].split()
+    assert code == "200" and float(seconds) < 0.9     # curl would wait 1 s for a 100 that never came
+    denied = post("PUT", "/v1/exhaust-port").stdout.splitlines()
+    assert denied[0] == "Access denied" and denied[-1].split()[0] == "403"

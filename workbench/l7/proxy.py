@@ -213,6 +213,10 @@ class Proxy:
                 pass
 
 
+def _expects_continue(request: Message) -> bool:
+    return request.headers.get("expect", "").lower() == "100-continue" and bool(request.chunked or request.body_length)
+
+
 class _Connection:
     """One client connection and its upstream connection."""
 
@@ -275,6 +279,11 @@ class _Connection:
         path = request_path(request.target)
         decision = self.proxy.decide(self.client, self.server, request.method, path, request.headers)
         if not decision.allowed:
+            if _expects_continue(request):
+                # the client waits for 100 before sending its body: refuse now and close (RFC 9110 10.1.1)
+                self.conn.sendall(simple_response(403, "Forbidden", DENIED_BODY, keep_alive=False))
+                self._exchange(request, 403, "DROPPED", None, decision)
+                return False
             try:
                 copy_body(request, self.rfile)  # the body is read and discarded: the next request follows it
             except MalformedHTTP as err:
@@ -293,7 +302,10 @@ class _Connection:
             upstream.sendall(request.head)
         except OSError as err:
             return self._bad_gateway(request, decision, str(err))
+        continued = _expects_continue(request)
         try:
+            if continued:  # allowed: let the client send its body at once (the backend's own 100 is skipped)
+                self.conn.sendall(b"HTTP/1.1 100 Continue\r\n\r\n")
             sent = len(request.head) + copy_body(request, self.rfile, upstream.sendall)
         except MalformedHTTP as err:  # the client's body is broken
             self._malformed(str(err))
@@ -302,6 +314,10 @@ class _Connection:
             return self._bad_gateway(request, decision, str(err))
         try:
             response = read_response(upstream_rfile, request.method)
+            while 100 <= response.status < 200 and response.status != 101:  # interim answers
+                if not continued:
+                    self.conn.sendall(response.head)
+                response = read_response(upstream_rfile, request.method)
         except (MalformedHTTP, OSError) as err:
             bodiless = not request.chunked and not request.body_length
             if reused and bodiless:  # a kept-alive upstream the server had closed: dial once more
@@ -317,6 +333,8 @@ class _Connection:
             self._exchange(request, response.status, "FORWARDED", latency, decision, sent)
             return False
         self._exchange(request, response.status, "FORWARDED", latency, decision, sent, received)
+        if response.status == 101:  # protocol upgrades (WebSocket) are not proxied
+            return False
         if not response.keep_alive:
             self._close_upstream()
         return request.keep_alive and response.keep_alive
