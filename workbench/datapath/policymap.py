@@ -209,6 +209,10 @@ class PolicyMapWriter:
         self.enforce_capacity = enforce_capacity
         self.lab = lab
         self._rules: dict[Slot, tuple[str, ...]] = {}
+        # (generation, slot -> key) of the active generation as this writer left
+        # it: the next apply needs no scan of the map. Dropped when the active
+        # generation is not the one this writer switched to (another writer).
+        self._cache: tuple[int, dict[Slot, Any]] | None = None
         self.last_apply_timing: dict[str, float] = {}
         # one writer at a time: apply() and the live edits read-modify-write generations
         self._lock = threading.RLock()
@@ -217,17 +221,24 @@ class PolicyMapWriter:
     def active_generation(self) -> int:
         return int(self._state[self._state.Key(0)].generation)
 
+    @staticmethod
+    def _slot_of(key: Any) -> Slot:
+        direction: Direction = "egress" if key.direction == layout.DIR_EGRESS else "ingress"
+        proto = int(key.proto) if key.prefixlen > layout.POLICY_PREFIX_IDENTITY else 0
+        prefix = max(0, int(key.prefixlen) - layout.POLICY_PREFIX_PROTO) if proto else 0
+        port = int.from_bytes(int(key.dport).to_bytes(2, "little"), "big") if proto else 0
+        return Slot(int(key.ep_id), direction, int(key.identity), proto, port, prefix)
+
     def _read(self, generation: int) -> dict[Slot, tuple[Any, Any]]:
         """Slot -> (BCC key, BCC value) of one generation."""
-        found: dict[Slot, tuple[Any, Any]] = {}
-        for key, value in self._policy.items():
-            if key.generation != generation:
-                continue
-            direction: Direction = "egress" if key.direction == layout.DIR_EGRESS else "ingress"
-            proto = int(key.proto) if key.prefixlen > layout.POLICY_PREFIX_IDENTITY else 0
-            prefix = max(0, int(key.prefixlen) - layout.POLICY_PREFIX_PROTO) if proto else 0
-            port = int.from_bytes(int(key.dport).to_bytes(2, "little"), "big") if proto else 0
-            found[Slot(int(key.ep_id), direction, int(key.identity), proto, port, prefix)] = (key, value)
+        return {self._slot_of(key): (key, value) for key, value in self._policy.items()
+                if key.generation == generation}
+
+    def _scan_keys(self) -> dict[int, dict[Slot, Any]]:
+        """generation -> slot -> BCC key, from one pass over the keys (no value lookups)."""
+        found: dict[int, dict[Slot, Any]] = {}
+        for key in self._policy.keys():
+            found.setdefault(int(key.generation), {})[self._slot_of(key)] = key
         return found
 
     def _read_enforced(self, generation: int) -> set[tuple[int, str]]:
@@ -294,14 +305,14 @@ class PolicyMapWriter:
                 hint="raise it with Datapath(..., enforce_max=N) (cflag -DENFORCE_MAX=N)",
             )
 
-    def _delete_generation(self, generation: int, keys: Iterable[Any] | None = None) -> None:
-        if keys is None:
-            keys = [k for k in self._policy.keys() if k.generation == generation]
+    def _delete_keys(self, keys: Iterable[Any]) -> None:
         for key in keys:
             try:
                 del self._policy[key]
             except KeyError:
                 pass
+
+    def _delete_enforce(self, generation: int) -> None:
         for ekey in [k for k in self._enforce.keys() if k.generation == generation]:
             try:
                 del self._enforce[ekey]
@@ -329,9 +340,16 @@ class PolicyMapWriter:
         started = time.perf_counter()
         active = self.active_generation()
         target = 1 - active
-        current = self._read(active)
-        self._delete_generation(target)  # leftovers of an apply that crashed half-way
+        if self._cache is not None and self._cache[0] == active:
+            current = self._cache[1]
+        else:
+            by_generation = self._scan_keys()
+            current = by_generation.get(active, {})
+            # leftovers of an apply that crashed half-way
+            self._delete_keys(by_generation.get(target, {}).values())
+        self._delete_enforce(target)
         self._refuse_if_too_big(len(slots), len(current), len(enforced))
+        written: list[Any] = []
         try:
             for slot, value in slots.items():
                 leaf = self._policy.Leaf()
@@ -339,15 +357,22 @@ class PolicyMapWriter:
                 leaf.match_type = layout.MATCH_TYPES[value.match_type]
                 leaf.proxy_port = value.proxy_port
                 leaf.flags = layout.POLICY_SHADOWED if value.shadowed else 0
-                old = current.get(slot)
-                if old is not None:  # counters of keys that stay carry over
-                    leaf.packets, leaf.bytes = old[1].packets, old[1].bytes
-                self._policy[self._key(target, slot)] = leaf
+                old_key = current.get(slot)
+                if old_key is not None:  # counters of keys that stay carry over
+                    try:
+                        old = self._policy[old_key]
+                        leaf.packets, leaf.bytes = old.packets, old.bytes
+                    except KeyError:
+                        pass
+                key = self._key(target, slot)
+                self._policy[key] = leaf
+                written.append(key)
             for ep_id, direction in enforced:
                 ekey = self._enforce.Key(ep_id, target, layout.DIRECTIONS[direction])
                 self._enforce[ekey] = self._enforce.Leaf(1)
         except Exception as err:
-            self._delete_generation(target)
+            self._delete_keys(written)
+            self._delete_enforce(target)
             code = getattr(err, "errno", None)
             reason = "the kernel refused an entry (map full?)" if code in (errno.ENOSPC, errno.E2BIG, None) else str(err)
             raise ValidationError(
@@ -359,7 +384,9 @@ class PolicyMapWriter:
         self._state[self._state.Key(0)] = state  # the switch: one array update
         switched = time.perf_counter()
         time.sleep(OLD_GENERATION_GRACE_S)
-        self._delete_generation(active, [k for k, _ in current.values()])
+        self._delete_keys(current.values())
+        self._delete_enforce(active)
+        self._cache = (target, dict(zip(slots, written, strict=True)))
         self._rules = {slot: value.rules for slot, value in slots.items() if value.rules}
         #: seconds from apply() being called until the new policy was in force, and in total
         self.last_apply_timing = {"effective_s": switched - started, "total_s": time.perf_counter() - started,
