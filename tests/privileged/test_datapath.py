@@ -298,6 +298,12 @@ def test_live_edits_take_effect_on_the_next_connection(clean: Testbed) -> None:
     rows = w.entries()
     assert rows[rows.port == 80].packets.iloc[0] >= 2, "counters carry over edits"
     assert w.enforced() == {(b.id, "ingress")}
+    w.allow(b.id, "ingress", identity=A, protocol=0, port=53)  # ANY: TCP, UDP and SCTP keys
+    assert bed.udp("a", "b", 53)
+    assert w.remove(b.id, "ingress", identity=A, protocol=0, port=53) == 3
+    assert not bed.udp("a", "b", 53, timeout=0.5)
+    assert w.remove(b.id, "ingress", protocol=TCP, port=8080, end_port=8083) == 1
+    assert list(w.entries().port) == [80]
 
 
 def test_detach_removes_enforcement_and_attach_restores_it(clean: Testbed) -> None:

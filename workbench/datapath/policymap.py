@@ -429,16 +429,18 @@ class PolicyMapWriter:
 
     def remove(self, ep_id: int, direction: Direction, identity: int = 0, protocol: int = 0, port: int = 0,
                end_port: int | None = None) -> int:
-        """Remove the entries with exactly these keys (allow or deny); returns how many went."""
-        wanted = {(e.identity, e.protocol, e.port, e.port_prefix)
-                  for e in self._entries_for(ep_id, direction, identity, protocol, port, end_port, False)}
+        """Remove the entries with exactly these keys (allow or deny); returns how many map keys went.
+
+        Keys are compared as written: a port with protocol 0 (ANY) removes its
+        TCP, UDP and SCTP keys, a range removes its prefix blocks.
+        """
+        wanted = set(to_slots(self._entries_for(ep_id, direction, identity, protocol, port, end_port, False)))
 
         def match(e: PolicyEntry) -> bool:
-            return e.ep_id == ep_id and e.direction == direction and \
-                (e.identity, e.protocol, e.port, e.port_prefix) in wanted
+            return Slot(e.ep_id, e.direction, e.identity, e.protocol, e.port, e.port_prefix) in wanted
 
-        before = self.current()
-        gone = sum(1 for e in before if match(e))
-        if gone:
-            self._edit([], match)
+        with self._lock:
+            gone = sum(1 for e in self.current() if match(e))
+            if gone:
+                self._edit([], match)
         return gone
