@@ -8,7 +8,9 @@ with 403 and forwards allowed ones; every request becomes an L7 flow row.
 from __future__ import annotations
 
 import json
+import os
 import re
+import signal
 import subprocess
 import sys
 import textwrap
@@ -354,3 +356,15 @@ def test_expect_100_continue_bodies_are_not_stalled(lab, seed_policy):
     assert code == "200" and float(seconds) < 0.9     # curl would wait 1 s for a 100 that never came
     denied = post("PUT", "/v1/exhaust-port").stdout.splitlines()
     assert denied[0] == "Access denied" and denied[-1].split()[0] == "403"
+
+
+def test_l7_policy_survives_an_agent_restart(lab, seed_policy):
+    assert curl(lab, "tiefighter", "PUT", "/v1/exhaust-port").stdout.strip() == "Access denied"
+    os.kill(int(lab.status()["agent_pid"]), signal.SIGKILL)
+    time.sleep(0.3)
+    # no proxy while the agent is down: the redirect fails closed (SOCKET_LOOKUP_FAILED), nothing bypasses it
+    assert curl(lab, "tiefighter", "PUT", "/v1/exhaust-port", timeout=2).exit_code == 28
+    again = wb.Lab.up(name=lab.name)             # a new agent adopts the lab and listens again
+    assert curl(again, "tiefighter", "PUT", "/v1/exhaust-port").stdout.strip() == "Access denied"
+    assert curl(again, "tiefighter", "POST", "/v1/request-landing").stdout == "Ship landed\n"
+    assert 178 in {row["drop_reason"] for row in again.call("datapath.metrics") if row["verdict"] == "DROPPED"}
