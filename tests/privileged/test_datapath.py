@@ -431,6 +431,9 @@ def test_policy_survives_sigkill_of_the_agent_and_a_new_agent_reattaches() -> No
         assert list(w.entries().identity) == [A]
         w.allow(b.id, "ingress", identity=C, protocol=TCP, port=80)
         assert bed.tcp("c", "b", 80)
+        bed.datapath.close()  # an agent that stops cleanly leaves the datapath running too
+        bed.datapath = None
+        assert bed.tcp("c", "b", 80) and not bed.tcp("c", "b", 81)
 
 
 def _filter_ids(bed: Testbed, lxc: str) -> str:
