@@ -66,7 +66,7 @@ def attach_world_redirect(datapath: Any, node_netns: str) -> None:
     """The world netns' clients enter through world0: redirect their L7 connections there (TC ingress)."""
     from bcc import BPF
 
-    fn = datapath.bpf.load_func(WORLD_PROGRAM, BPF.SCHED_CLS)
+    fn = datapath.bpf.load_func(WORLD_PROGRAM.encode(), BPF.SCHED_CLS)
     with IPRoute(netns=node_netns) as ipr:
         found = ipr.link_lookup(ifname=topology.WORLD_LINK)
         if not found:
