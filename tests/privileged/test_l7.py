@@ -368,3 +368,96 @@ def test_l7_policy_survives_an_agent_restart(lab, seed_policy):
     assert curl(again, "tiefighter", "PUT", "/v1/exhaust-port").stdout.strip() == "Access denied"
     assert curl(again, "tiefighter", "POST", "/v1/request-landing").stdout == "Ship landed\n"
     assert 178 in {row["drop_reason"] for row in again.call("datapath.metrics") if row["verdict"] == "DROPPED"}
+
+
+FRAMING_BACKEND = textwrap.dedent("""
+    import sys
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+        def do_GET(self):
+            if self.path == "/chunked":
+                self.send_response(200)
+                self.send_header("Transfer-Encoding", "chunked")
+                self.end_headers()
+                for part in (b"alpha-", b"beta-", b"gamma"):
+                    self.wfile.write(b"%x\\r\\n%s\\r\\n" % (len(part), part))
+                self.wfile.write(b"0\\r\\n\\r\\n")
+            else:  # /close: no length, the body ends when the server closes
+                self.send_response(200)
+                self.send_header("Connection", "close")
+                self.end_headers()
+                self.wfile.write(b"until-close")
+                self.close_connection = True
+        def do_POST(self):
+            size, body = 0, b""
+            while True:
+                size = int(self.rfile.readline().split(b";")[0], 16)
+                if size == 0:
+                    self.rfile.readline()
+                    break
+                body += self.rfile.read(size)
+                self.rfile.readline()
+            data = b"got %d bytes" % len(body)
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+        def log_message(self, *args):
+            pass
+    server = ThreadingHTTPServer(("0.0.0.0", int(sys.argv[1])), Handler)
+    print("ready", flush=True)
+    server.serve_forever()
+""")
+
+FRAMING_CLIENT = textwrap.dedent("""
+    import http.client, json, sys
+    conn = http.client.HTTPConnection(sys.argv[1], int(sys.argv[2]), timeout=5)
+    out = []
+    conn.request("GET", "/chunked")
+    out.append(conn.getresponse().read().decode())
+    conn.request("POST", "/echo", body=iter([b"x" * 1000, b"y" * 24]), encode_chunked=True)
+    out.append(conn.getresponse().read().decode())
+    port = conn.sock.getsockname()[1]
+    conn.request("GET", "/close")
+    resp = conn.getresponse()
+    out.append(resp.read().decode())
+    out.append(port)
+    print(json.dumps(out))
+""")
+
+VISIBILITY_8081 = """
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata:
+  name: visibility-8081
+spec:
+  endpointSelector:
+    matchLabels: {class: deathstar}
+  ingress:
+  - fromEndpoints: [{matchLabels: {org: empire}}]
+    toPorts:
+    - ports: [{port: "8081", protocol: TCP}]
+      rules: {http: [{}]}
+"""
+
+
+def test_chunked_and_close_delimited_messages_cross_the_proxy_intact(lab):
+    pod = lab.endpoints.set_index("pod").filter(like="deathstar-", axis=0)
+    name, address = pod.index[0], str(pod.iloc[0].ipv4)
+    backend = subprocess.Popen(["ip", "netns", "exec", f"wb-{lab.name}-{name}", sys.executable, "-I", "-c",
+                                FRAMING_BACKEND, "8081"], stdout=subprocess.PIPE, text=True)
+    try:
+        assert backend.stdout is not None and backend.stdout.readline().strip() == "ready"
+        lab.policy.apply(VISIBILITY_8081)
+        before = accepted(lab)
+        run = lab.exec("tiefighter", [sys.executable, "-I", "-c", FRAMING_CLIENT, address, "8081"], check=True)
+        chunked, echoed, until_close, _port = json.loads(run.stdout)
+        assert chunked == "alpha-beta-gamma"
+        assert echoed == "got 1024 bytes"
+        assert until_close == "until-close"
+        assert accepted(lab) == before + 1
+    finally:
+        lab.policy.delete(all=True)
+        backend.kill()
+        backend.wait()
