@@ -16,8 +16,9 @@ Example::
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
-from typing import BinaryIO
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, BinaryIO
 
 MAX_HEAD = 64 * 1024
 MAX_LINE = 8 * 1024
@@ -40,7 +41,6 @@ class Message:
     chunked: bool = False
     body_length: int | None = 0       # None: until the connection closes (responses only)
     keep_alive: bool = True
-    extra: dict[str, str] = field(default_factory=dict)
 
     @property
     def method(self) -> str:
@@ -146,12 +146,12 @@ def read_response(rfile: BinaryIO, request_method: str) -> Message:
     return msg
 
 
-def copy_body(msg: Message, rfile: BinaryIO, write: object = None) -> int:
+def copy_body(msg: Message, rfile: BinaryIO, write: Callable[[bytes], Any] | None = None) -> int:
     """Read the body that follows ``msg`` and pass it (raw, framing included) to ``write``; returns bytes.
 
     ``write`` None discards (a denied request's body).
     """
-    sink = write if callable(write) else (lambda _data: None)
+    sink: Callable[[bytes], Any] = write if write is not None else (lambda _data: None)
     total = 0
     if msg.chunked:
         while True:

@@ -125,7 +125,7 @@ class Proxy:
         self._stop = threading.Event()
         self._connections: set[socket.socket] = set()
         self._lock = threading.Lock()
-        self._netns_ino = 0
+        self.netns_inode = 0
         self.accepted = 0
         self.errors = 0
 
@@ -138,8 +138,8 @@ class Proxy:
         def run() -> None:
             try:
                 _enter_netns_for_good(self.netns)
-                self._netns_ino = _netns_inode("/proc/thread-self/ns/net")
-                if self._netns_ino != _netns_inode(f"/run/netns/{self.netns}"):
+                self.netns_inode = _netns_inode("/proc/thread-self/ns/net")
+                if self.netns_inode != _netns_inode(f"/run/netns/{self.netns}"):
                     raise WorkbenchError(f"the proxy thread is not in {self.netns}")
                 sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -354,7 +354,7 @@ class _Connection:
             return self.upstream, self.upstream_rfile
         self._close_upstream()
         # Safety: never dial a lab address from the machine's own netns.
-        if _netns_inode("/proc/thread-self/ns/net") != self.proxy._netns_ino:
+        if _netns_inode("/proc/thread-self/ns/net") != self.proxy.netns_inode:
             raise OSError(f"proxy connection thread is not in {self.proxy.netns}")
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, SO_MARK, mark)
