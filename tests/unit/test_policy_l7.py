@@ -9,7 +9,7 @@ import pytest
 from workbench.errors import ValidationError
 from workbench.lab.identity import IdentityAllocator, identity_labels
 from workbench.model import Endpoint
-from workbench.policy import compile_policies, load_documents
+from workbench.policy import compile_policies, explain, load_documents
 from workbench.policy.compiler import DEFAULT_PROXY_PORT
 from workbench.policy.l7 import ALLOW_ALL, HttpRule, request_allowed
 
@@ -225,3 +225,9 @@ def test_deny_covering_an_l7_allow_removes_the_redirect():
         """, name="deny"))
     assert all(e.proxy_port == 0 for e in compiled.entries if e.deny)
     assert not [e for e in compiled.entries if not e.deny and e.identity == eps[1].identity]
+
+
+def test_explain_shows_the_http_rules_of_redirected_entries():
+    compiled, eps = compile_text(RULE1_L7)
+    rows = explain(compiled, pod="deathstar")
+    assert {tuple(r["http"]) for r in rows} == {("http(method=POST, path=/v1/request-landing)",)}

@@ -24,7 +24,7 @@ from .compiler import CompiledPolicy
 from .ports import PROTOCOL_NAMES, block_range
 
 COLUMNS = ["ep_id", "pod", "direction", "identity", "peer_labels", "protocol", "port", "verdict",
-           "match_type", "rules"]
+           "match_type", "rules", "http"]
 
 EntryKey = tuple[int, Direction, int, int, int, int]
 
@@ -50,6 +50,9 @@ def entry_row(compiled: CompiledPolicy, entry: PolicyEntry) -> dict[str, Any]:
         "verdict": "deny" if entry.deny else "allow",
         "match_type": entry.match_type,
         "rules": list(entry.rules),
+        # L7: the HTTP rules a redirected request must match (empty: not proxied)
+        "http": [str(r) for r in compiled.l7.get((entry.ep_id, entry.direction, entry.identity, entry.protocol,
+                                                  entry.port, entry.port_prefix), ())],
     }
 
 
@@ -65,7 +68,7 @@ def explain(compiled: CompiledPolicy, *, pod: str | None = None,
     for ep_id, d in sorted(compiled.enforced - with_entries):
         rows.append({"ep_id": ep_id, "pod": compiled.endpoint_names.get(ep_id, ""), "direction": d,
                      "identity": None, "peer_labels": [], "protocol": "", "port": "",
-                     "verdict": "default-deny", "match_type": "none", "rules": []})
+                     "verdict": "default-deny", "match_type": "none", "rules": [], "http": []})
     if pod is not None:
         rows = [r for r in rows if r["pod"] == pod or r["pod"].split("/", 1)[-1] == pod]
     if direction is not None:
