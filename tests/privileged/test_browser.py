@@ -83,22 +83,28 @@ def test_observe_tutorial_renders_the_live_dashboard(jupyterlab):
             page.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status='idle']", timeout=120_000)
             page.get_by_role("menuitem", name="Run", exact=True).click()
             page.get_by_role("menuitem", name="Run All Cells", exact=True).click()
-            # A cell still running shows "[*]": wait for every prompt to carry a number.
+            # A cell still running shows "[*]": wait for every prompt to carry a number,
+            # or for an error (Run All stops there, so waiting longer would only time out).
             page.wait_for_function(
                 """() => {
+                    const outputs = [...document.querySelectorAll('.jp-OutputArea-output')];
+                    if (outputs.some(o => o.textContent.includes('Traceback (most recent call last)')))
+                        return true;
                     const prompts = [...document.querySelectorAll('.jp-CodeCell .jp-InputPrompt')];
                     return prompts.length > 0 && prompts.every(p => /\\[\\d+\\]/.test(p.textContent));
-                }""", timeout=600_000)
+                }""", timeout=400_000)
             page.wait_for_selector(".js-plotly-plot .main-svg", timeout=60_000)
-            page.locator(".wb-dashboard").first.scroll_into_view_if_needed()
+            no_news = page.get_by_role("button", name="No", exact=True)
+            if no_news.count():
+                no_news.first.click()   # JupyterLab's "news?" toast would cover the table
+            page.locator(".wb-dashboard").first.evaluate("e => e.scrollIntoView({block: 'start'})")
             time.sleep(2)  # two dashboard ticks, so the screenshot shows live data
             page.screenshot(path=str(ARTIFACTS / "jupyterlab-02-observe.png"))
             traces = page.locator(".wb-dashboard .js-plotly-plot g.trace").count()
             widgets = page.locator(".wb-dashboard .jupyter-widgets").count()
-            errors = page.locator(".jp-OutputArea-output[data-mime-type='application/vnd.jupyter.error']").count()
-            tracebacks = page.locator(".jp-OutputArea-output:has-text('Traceback')").count()
+            tracebacks = page.locator(".jp-OutputArea-output:has-text('Traceback (most recent call last)')").count()
         finally:
             browser.close()
     assert traces > 0, "no plotly trace rendered in the dashboard"
     assert widgets > 0, "no ipywidgets rendered in the dashboard"
-    assert errors == 0 and tracebacks == 0, "a cell failed in the browser"
+    assert tracebacks == 0, "a cell failed in the browser (see the screenshot)"

@@ -61,6 +61,10 @@ def _talker(frame: pd.DataFrame, side: str) -> pd.Series:
     return pod.where(pod.notna(), ip).fillna("?")
 
 
+NO_DROPS_NOTE = {"text": "no drops", "showarrow": False, "xref": "paper", "yref": "paper", "x": 0.5, "y": 0.5,
+                 "font": {"size": 16, "color": "#888"}}
+
+
 class FlowDashboard:
     """Flows/s by verdict, drops by reason, top talkers, latest flows; filter by verdict and pod; pause.
 
@@ -225,6 +229,8 @@ class FlowDashboard:
         with self.drops.batch_update():
             self.drops.data[0].x = drops.index.tolist()
             self.drops.data[0].y = drops.tolist()
+            # An empty bar chart reads as broken; say that there is nothing to show.
+            self.drops.layout.annotations = () if len(drops) else (NO_DROPS_NOTE,)
         top = self.talker_counts.sort_values(ascending=False).head(self.top_n)[::-1]
         with self.talkers.batch_update():
             self.talkers.data[0].y = top.index.tolist()
