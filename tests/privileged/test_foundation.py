@@ -112,3 +112,17 @@ def test_ebpf_line_magic_returns_objects(line):
     ip.run_line_magic("load_ext", "workbench")
     report = ip.run_line_magic("ebpf", line)
     assert report.ok and "<table" in report._repr_html_()
+
+
+@pytest.mark.parametrize("hide, expected", [
+    ("umount /sys/fs/bpf", ["needs bpffs mounted at /sys/fs/bpf", "mount -t bpf bpf /sys/fs/bpf", "make setup"]),
+    ("mount -t tmpfs none /lib/modules", ["needs kernel headers", "make setup"]),
+])
+def test_commands_say_which_setup_step_is_missing(hide, expected):
+    # A private mount namespace hides the setup step from this one command only.
+    script = f"{hide} && exec {sys.executable} -m workbench lab up --name nosetup"
+    proc = subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c", script],
+                          capture_output=True, text=True)
+    assert proc.returncode == 1
+    assert all(text in proc.stderr for text in expected), proc.stderr
+    assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
