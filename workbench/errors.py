@@ -24,5 +24,8 @@ class NotFoundError(WorkbenchError):
     """A named object (pod, lab, policy, program) does not exist."""
 
 
-class ValidationError(WorkbenchError):
-    """Bad input (manifest, policy, C program): says the document and field path."""
+class ValidationError(WorkbenchError, ValueError):
+    """Bad input (manifest, policy, C program): says the document and field path.
+
+    Also a ValueError, so pure helpers can raise it where callers expect one.
+    """

@@ -26,6 +26,7 @@ import pandas as pd
 
 from ..errors import ValidationError
 from ..model import Direction, PolicyEntry
+from ..policy.ports import block_range, port_blocks
 from . import layout
 
 # A port given with "any protocol" means these protocols (Cilium's ANY: TCP, UDP, SCTP).
@@ -34,38 +35,6 @@ ANY_PROTOCOL_EXPANSION = (6, 17, 132)
 # generation number just before the flip finish within microseconds (they run
 # under RCU), this is generous.
 OLD_GENERATION_GRACE_S = 0.005
-
-
-def port_blocks(first: int, last: int) -> list[tuple[int, int]]:
-    """The smallest list of (port, prefix_bits) blocks that covers first..last exactly.
-
-    Example::
-
-        >>> port_blocks(80, 80)
-        [(80, 16)]
-        >>> port_blocks(8080, 8083)
-        [(8080, 14)]
-        >>> port_blocks(0, 65535)
-        [(0, 0)]
-    """
-    if not (0 <= first <= last <= 65535):
-        raise ValidationError(f"port range {first}-{last} is not within 0-65535 with start <= end")
-    blocks: list[tuple[int, int]] = []
-    port = first
-    while port <= last:
-        size = port & -port if port else 1 << 16  # largest block aligned at port
-        while port + size - 1 > last:
-            size >>= 1
-        blocks.append((port, 16 - size.bit_length() + 1))
-        port += size
-    return blocks
-
-
-def block_range(port: int, prefix: int) -> tuple[int, int]:
-    """(first, last) port of a prefix block. ``block_range(8080, 14) == (8080, 8083)``."""
-    span = 1 << (16 - prefix)
-    first = port & ~(span - 1) & 0xFFFF
-    return first, first + span - 1
 
 
 @dataclass(frozen=True)

@@ -1,8 +1,7 @@
 """The raw flow event as it leaves the ring buffer, and its bulk decoder.
 
 The datapath declares ``struct flow_event`` once in bpf/lib/types.h and
-mirrors it in workbench/datapath/layout.py; ``EVENT_DTYPE`` below is that
-mirror when it is importable, else an identical provisional copy.
+mirrors it in workbench/datapath/layout.py; ``EVENT_DTYPE`` below is that mirror.
 
 Codes inside the record: event types are WB_EVENT_*, verdicts follow Hubble's
 enum, drop reasons are Cilium's drop codes, directions follow WB_DIR_*.
@@ -11,6 +10,8 @@ enum, drop reasons are Cilium's drop codes, directions follow WB_DIR_*.
 from __future__ import annotations
 
 import numpy as np
+
+from ..datapath.layout import FLOW_EVENT_DTYPE
 
 # flow_event.event_type (WB_EVENT_* of bpf/lib/types.h).
 EVENT_TRACE = 1          # first packet of a connection, per direction, forwarded
@@ -27,34 +28,8 @@ DIR_EGRESS = 1
 MATCH_CODES = {0: "none", 1: "L3-Only", 2: "L3-L4", 3: "L4-Only", 4: "all"}
 
 
-def _dtype(fields: list[tuple[str, str, int]], itemsize: int) -> np.dtype:
-    names, formats, offsets = zip(*fields, strict=True)
-    return np.dtype({"names": list(names), "formats": list(formats), "offsets": list(offsets),
-                     "itemsize": itemsize})
-
-
-# struct flow_event as bpf/lib/types.h declares it: addresses in network order,
-# ports in host order. A copy of the datapath's mirror so this layer imports on
-# its own; the datapath's module wins when it is there.
-PROVISIONAL_EVENT_DTYPE = _dtype([
-    ("ktime_ns", "<u8", 0), ("packets", "<u8", 8), ("bytes", "<u8", 16),
-    ("reply_packets", "<u8", 24), ("reply_bytes", "<u8", 32),
-    ("saddr", "<u4", 40), ("daddr", "<u4", 44), ("src_identity", "<u4", 48),
-    ("dst_identity", "<u4", 52), ("ifindex", "<u4", 56),
-    ("sport", "<u2", 60), ("dport", "<u2", 62), ("ep_id", "<u2", 64), ("proxy_port", "<u2", 66),
-    ("drop_reason", "<u2", 68), ("proto", "u1", 70), ("tcp_flags", "u1", 71),
-    ("event_type", "u1", 72), ("direction", "u1", 73), ("is_reply", "u1", 74),
-    ("verdict", "u1", 75), ("match_type", "u1", 76),
-], 80)
-
-# The one line to change when the datapath's mirror lands.
-EVENT_DTYPE: np.dtype = PROVISIONAL_EVENT_DTYPE
-try:
-    from ..datapath.layout import FLOW_EVENT_DTYPE as _LAYOUT_DTYPE
-
-    EVENT_DTYPE = np.dtype(_LAYOUT_DTYPE)
-except (ImportError, AttributeError):  # the datapath layer is not installed in this checkout
-    pass
+# struct flow_event, declared once in bpf/lib/types.h and mirrored (with a layout test) by the datapath.
+EVENT_DTYPE: np.dtype = np.dtype(FLOW_EVENT_DTYPE)
 
 
 def network_u32(field: np.ndarray) -> np.ndarray:

@@ -19,6 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from ..errors import ValidationError
 from ..model import PROTOCOLS
 from .fields import DocRef, Fields
 
@@ -54,7 +55,7 @@ def port_blocks(first: int, last: int) -> list[tuple[int, int]]:
     and does not pass ``last`` is always part of an optimal cover.
     """
     if not 0 <= first <= last <= MAX_PORT:
-        raise ValueError(f"bad port range {first}..{last}")
+        raise ValidationError(f"port range {first}-{last} is not within 0-65535 with start <= end")
     blocks: list[tuple[int, int]] = []
     port = first
     while port <= last:
@@ -67,9 +68,10 @@ def port_blocks(first: int, last: int) -> list[tuple[int, int]]:
 
 
 def block_range(port: int, prefix: int) -> tuple[int, int]:
-    """(port, prefix_len) -> (first, last) ports it covers."""
+    """(port, prefix_len) -> (first, last) ports it covers. ``block_range(8080, 14) == (8080, 8083)``."""
     size = 1 << (PORT_BITS - prefix)
-    return port, port + size - 1
+    first = port & ~(size - 1) & MAX_PORT   # the block's start, also for an unaligned port
+    return first, first + size - 1
 
 
 def parse_port_number(doc: DocRef, path: str, value: Any, *, allow_zero: bool) -> int:
