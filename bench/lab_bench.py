@@ -74,11 +74,47 @@ def measure_lab_up(manifest: str | None, repeats: int) -> dict[str, Any]:
             "down": figure(down, "s", higher_is_better=False)}
 
 
+# One BCC compile of an entry file, in a fresh process so that its peak memory is its own.
+COMPILE_SCRIPT = """
+import json, resource, sys, time
+from workbench.datapath import build
+t0 = time.monotonic()
+build.compile_inlined(sys.argv[1], sys.argv[2], [])
+seconds = time.monotonic() - t0
+print(json.dumps({"seconds": seconds, "max_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+"""
+
+
+def measure_compile(entry: str, repeats: int) -> dict[str, Any]:
+    """Seconds and peak RSS (MiB) of compiling and loading ``bpf/<entry>`` with BCC."""
+    import json
+    import subprocess
+    import sys
+
+    from workbench.datapath.build import remove_pins
+
+    seconds, memory = [], []
+    for _ in range(repeats):
+        lab = f"c{uuid.uuid4().hex[:7]}"
+        try:
+            out = subprocess.run([sys.executable, "-c", COMPILE_SCRIPT, entry, lab], capture_output=True,
+                                 text=True, check=True).stdout
+        finally:
+            remove_pins(lab)
+        sample = json.loads(out.strip().splitlines()[-1])
+        seconds.append(sample["seconds"])
+        memory.append(sample["max_rss_mib"])
+    return {"seconds": figure(seconds, "s", higher_is_better=False),
+            "max_rss": figure(memory, "MiB", higher_is_better=False)}
+
+
 def run(quick: bool = False) -> dict[str, Any]:
-    """Bench section `lab`: the demo and a 50-pod lab."""
+    """Bench section `lab`: the demo and a 50-pod lab, and the BCC compiles a lab needs."""
     return {
         "demo": measure_lab_up(None, 2 if quick else 5),
         "pods50": measure_lab_up(pods_manifest(50), 1 if quick else 3),
+        "bcc_compile": {entry.split(".")[0]: measure_compile(entry, 2 if quick else 3)
+                        for entry in ("lxc.bpf.c", "sock.bpf.c")},
         "targets": {"demo_up_s": 5.0, "pods50_up_s": 30.0},
     }
 
