@@ -78,7 +78,10 @@ def main() -> int:
     doc = run_all(args.quick, args.only)
     path = write(doc)
     problems = validate(doc)
-    print(f"bench: wrote {path}")
+    from bench.plots import write_html
+
+    plot = write_html(doc, path.with_suffix(".html"))
+    print(f"bench: wrote {path} and {plot}")
     for p in problems:
         print(f"bench: schema problem: {p}")
     return 1 if problems else 0
