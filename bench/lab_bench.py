@@ -76,12 +76,14 @@ def measure_lab_up(manifest: str | None, repeats: int) -> dict[str, Any]:
 
 # One BCC compile of an entry file, in a fresh process so that its peak memory is its own.
 COMPILE_SCRIPT = """
-import json, resource, sys, time
+import json, sys, time
 from workbench.datapath import build
 t0 = time.monotonic()
 build.compile_inlined(sys.argv[1], sys.argv[2], [])
 seconds = time.monotonic() - t0
-print(json.dumps({"seconds": seconds, "max_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+# VmHWM, not ru_maxrss: the latter keeps the parent's peak across fork+exec.
+hwm_kib = next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM:"))
+print(json.dumps({"seconds": seconds, "max_rss_mib": hwm_kib / 1024}))
 """
 
 

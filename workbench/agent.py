@@ -90,6 +90,8 @@ class Agent:
         self.frontends: list[Frontend] = []
         self.observers: list[EndpointObserver] = []
         self.methods: dict[str, Method] = {}
+        # Plugins add fields to `lab status` (e.g. the metrics URL) through these.
+        self.status_extras: list[Callable[[], dict[str, Any]]] = []
         # (ingress, egress) enforcement of an endpoint; the policy layer sets it.
         self.enforcement: Callable[[Endpoint], tuple[bool, bool]] | None = None
         self.status = "starting"
@@ -300,6 +302,7 @@ class Agent:
             "build_seconds": round(self.build_seconds, 3), "started": self.started, "adopted": self.adopted,
             "build_phases": self.phases,
             "warnings": self.spec.warnings,
+            **{k: v for extra in self.status_extras for k, v in extra().items()},
         }
 
     def _save_state(self) -> None:

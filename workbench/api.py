@@ -65,18 +65,25 @@ class Lab:
     # ----- lifecycle --------------------------------------------------------
     @classmethod
     def up(cls, manifests: str | Path | list[str | Path] | None = None, name: str = DEFAULT_LAB, *,
-           pod_cidr: str = DEFAULT_POD_CIDR, service_cidr: str = DEFAULT_SERVICE_CIDR) -> Lab:
+           pod_cidr: str = DEFAULT_POD_CIDR, service_cidr: str = DEFAULT_SERVICE_CIDR,
+           flow_capacity: int = 4095, metrics_port: int = 0, archive_dir: str | None = None) -> Lab:
         """Create the lab (default: the star-wars demo), or connect when it is already up.
 
         ``manifests``: file paths, YAML text, or a list of them. Invalid
         manifests raise ValidationError before anything is created.
+        ``flow_capacity``: flows the agent keeps; ``metrics_port``: Prometheus
+        /metrics on 127.0.0.1 (0: any free port, see ``lab.status()``);
+        ``archive_dir``: archive all flows continuously as parquet files.
 
         Example::
 
             lab = wb.Lab.up("my-app.yaml", name="demo", pod_cidr="10.10.0.0/16")
         """
         spec = _spec_from(manifests)
-        outcome = start_lab(spec, name, pod_cidr=pod_cidr, service_cidr=service_cidr)
+        from .lab_cmd import observe_options
+
+        outcome = start_lab(spec, name, pod_cidr=pod_cidr, service_cidr=service_cidr,
+                            observe=observe_options(flow_capacity, metrics_port, archive_dir))
         lab = cls(name, warnings=list(outcome.warnings))
         if outcome.already_up:
             lab.warnings.append(f"lab {name} was already up; connected to it (manifests not applied)")

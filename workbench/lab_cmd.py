@@ -45,6 +45,25 @@ class EndpointTable(TableResult):
         return str(shown.to_string(index=False))
 
 
+DEFAULT_FLOW_CAPACITY = 4095
+
+
+def observe_options(capacity: int, metrics_port: int, archive_dir: str | None) -> dict[str, Any]:
+    """The flow layer's options for the agent (validated here, before anything starts)."""
+    from pathlib import Path
+
+    from .errors import ValidationError
+
+    if not 1 <= capacity <= 10_000_000:
+        raise ValidationError(f"--flow-capacity {capacity} must be between 1 and 10000000")
+    if not 0 <= metrics_port <= 65535:
+        raise ValidationError(f"--metrics-port {metrics_port} must be between 0 and 65535")
+    options: dict[str, Any] = {"capacity": capacity, "metrics_port": metrics_port}
+    if archive_dir:
+        options["archive_dir"] = str(Path(archive_dir).resolve())
+    return options
+
+
 def _add_name(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--name", "-l", default=DEFAULT_LAB, help=f"lab name (default: {DEFAULT_LAB})")
 
@@ -54,7 +73,8 @@ def _lab_up(args: argparse.Namespace) -> MessageResult:
     from .lab.manifests import read_manifest_files
 
     spec = read_manifest_files(args.manifests)    # refuses bad manifests before anything exists
-    outcome = start_lab(spec, args.name, pod_cidr=args.pod_cidr, service_cidr=args.service_cidr)
+    outcome = start_lab(spec, args.name, pod_cidr=args.pod_cidr, service_cidr=args.service_cidr,
+                        observe=observe_options(args.flow_capacity, args.metrics_port, args.archive_dir))
     status = outcome.status
     if outcome.already_up:
         return MessageResult(f"lab {args.name} is already up ({status['pods']} pods, agent pid "
@@ -68,15 +88,25 @@ def _lab_up(args: argparse.Namespace) -> MessageResult:
     lines.append(f"lab {args.name} is up: {status['pods']} pods, {status['services']} services, "
                  f"{status['identities']} identities in {status['build_seconds']:.1f} s "
                  f"(node netns {status['node_netns']})")
+    if status.get("metrics"):
+        lines.append(f"metrics: {status['metrics']}")
     return MessageResult("\n".join(lines), {"already_up": False, "status": status, "warnings": outcome.warnings})
 
 
 def _lab_down(args: argparse.Namespace) -> MessageResult:
     from .lab.lifecycle import stop_lab
+    from .lab.state import known_labs
 
-    removed = stop_lab(args.name)
-    text = f"lab {args.name} removed ({len(removed)} objects)" if removed else f"lab {args.name} is not up"
-    return MessageResult(text, {"removed": removed})
+    if args.all:
+        labs = known_labs()
+        removed = {name: stop_lab(name) for name in labs}
+        total = sum(len(items) for items in removed.values())
+        text = f"removed {len(labs)} labs ({', '.join(labs)}; {total} objects)" if labs else "no labs on this node"
+        return MessageResult(text, {"removed": removed})
+    removed_objects = stop_lab(args.name)
+    text = (f"lab {args.name} removed ({len(removed_objects)} objects)" if removed_objects
+            else f"lab {args.name} is not up")
+    return MessageResult(text, {"removed": removed_objects})
 
 
 def _lab_status(args: argparse.Namespace) -> MessageResult:
@@ -146,11 +176,17 @@ def register(sub: Any) -> None:
     up.add_argument("manifests", nargs="*", metavar="MANIFEST", help="Kubernetes YAML files")
     up.add_argument("--pod-cidr", default=DEFAULT_POD_CIDR)
     up.add_argument("--service-cidr", default=DEFAULT_SERVICE_CIDR)
+    up.add_argument("--flow-capacity", type=int, default=DEFAULT_FLOW_CAPACITY, metavar="N",
+                    help=f"flows the agent keeps (default {DEFAULT_FLOW_CAPACITY}, as Hubble)")
+    up.add_argument("--metrics-port", type=int, default=0, metavar="PORT",
+                    help="serve Prometheus /metrics on 127.0.0.1:PORT (default: any free port)")
+    up.add_argument("--archive-dir", metavar="DIR", help="archive every flow continuously as parquet files in DIR")
     down = lab_sub.add_parser("down", help="remove the lab (idempotent; also after a crash)")
     status = lab_sub.add_parser("status", help="the lab's agent and counts")
     listing = lab_sub.add_parser("list", help="the labs on this node")
     add_json_flag(listing)
     listing.set_defaults(func=_lab_list)
+    down.add_argument("--all", action="store_true", help="every lab on this node")
     for parser, handler in ((up, _lab_up), (down, _lab_down), (status, _lab_status)):
         _add_name(parser)
         add_json_flag(parser)

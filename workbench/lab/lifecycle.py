@@ -34,13 +34,16 @@ class UpOutcome:
 
 
 def start_lab(spec: LabSpec, name: str = state.DEFAULT_LAB, pod_cidr: str = DEFAULT_POD_CIDR,
-              service_cidr: str = DEFAULT_SERVICE_CIDR, timeout: float = AGENT_START_TIMEOUT) -> UpOutcome:
+              service_cidr: str = DEFAULT_SERVICE_CIDR, timeout: float = AGENT_START_TIMEOUT,
+              observe: dict[str, Any] | None = None) -> UpOutcome:
     """Start the agent of lab ``name`` and wait until the lab is ready.
 
     When an agent already answers, nothing changes (``already_up``). When the
     agent died but its lab is intact and built from the same manifests, a new
     agent adopts it (pods keep running, like a restarted cilium-agent);
     otherwise the remains are removed (identities kept) and the lab is rebuilt.
+    ``observe`` holds the flow layer's options (capacity, metrics_port,
+    archive_dir); they may change when a new agent adopts a lab.
     """
     state.check_lab_name(name)
     check_lab_cidrs(pod_cidr, service_cidr)
@@ -48,10 +51,12 @@ def start_lab(spec: LabSpec, name: str = state.DEFAULT_LAB, pod_cidr: str = DEFA
     client = AgentClient(name)
     if client.alive():
         return UpOutcome(name, True, client.call("lab.status"))
-    config = {"spec": spec.to_dict(), "pod_cidr": pod_cidr, "service_cidr": service_cidr}
+    config = {"spec": spec.to_dict(), "pod_cidr": pod_cidr, "service_cidr": service_cidr,
+              "observe": observe or {}}
     recovered: list[str] = []
     if state.leftovers(name):
         if _adoptable(name, config):
+            (state.state_dir(name) / "config.json").write_text(json.dumps(config))  # new observe options
             try:
                 status = _launch(name, adopt=True, timeout=timeout)
                 return UpOutcome(name, False, status, spec.warnings, ["adopted the running lab"])
@@ -67,8 +72,11 @@ def start_lab(spec: LabSpec, name: str = state.DEFAULT_LAB, pod_cidr: str = DEFA
 def _adoptable(name: str, config: dict[str, Any]) -> bool:
     """A finished build (state.json) from the same configuration, with its node still there."""
     directory = state.state_dir(name)
+    built_from = ("spec", "pod_cidr", "service_cidr")   # what the running lab is made of
     try:
-        same = json.loads((directory / "config.json").read_text()) == json.loads(json.dumps(config))
+        old = json.loads((directory / "config.json").read_text())
+        new = json.loads(json.dumps(config))
+        same = all(old.get(key) == new.get(key) for key in built_from)
         ready = json.loads((directory / "state.json").read_text())["status"]["status"] == "ready"
     except (OSError, ValueError, KeyError):
         return False

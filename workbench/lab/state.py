@@ -72,10 +72,13 @@ def pod_cgroup(lab: str, pod: str) -> Path:
 
 
 def known_labs() -> list[str]:
-    """Labs with a state dir on this node (running, starting, or left by a dead agent)."""
-    if not system.RUN_ROOT.exists():
-        return []
-    return sorted(p.name for p in system.RUN_ROOT.iterdir() if p.is_dir() and _LAB_NAME.match(p.name))
+    """Labs on this node: a state dir (running, starting, or left by a dead agent) or a node netns."""
+    from .. import netlink
+
+    names = {p.name for p in system.RUN_ROOT.iterdir() if p.is_dir()} if system.RUN_ROOT.exists() else set()
+    names |= {ns[len(system.NETNS_PREFIX):-len("-node")] for ns in netlink.list_netns(system.NETNS_PREFIX)
+              if ns.endswith("-node")}
+    return sorted(name for name in names if _LAB_NAME.match(name))
 
 
 def agent_running(lab: str) -> bool:

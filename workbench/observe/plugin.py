@@ -209,5 +209,8 @@ def setup(agent: Any) -> FlowService:
     service = FlowService(agent, _options(agent))
     service.register(agent)
     agent.flows = service
+    agent.status_extras.append(lambda: {
+        "flow_capacity": service.store.capacity,
+        "metrics": f"http://127.0.0.1:{service.metrics_port}/metrics" if service.metrics_port else None})
     agent.add_endpoint_observer(service)
     return service
