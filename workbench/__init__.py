@@ -16,7 +16,7 @@ from typing import Any
 
 from .errors import NotFoundError, PrivilegeError, SetupError, ValidationError, WorkbenchError
 
-__all__ = ["status", "program", "read_flows", "Lab", "WorkbenchError", "SetupError", "PrivilegeError", "NotFoundError", "ValidationError",
+__all__ = ["status", "program", "read_flows", "example", "Lab", "WorkbenchError", "SetupError", "PrivilegeError", "NotFoundError", "ValidationError",
            "load_ipython_extension"]
 __version__ = "0.1.0"
 
@@ -48,6 +48,22 @@ def program(name: str) -> Any:
     from .notebook.programs import manager
 
     return manager().get(name)
+
+
+def example(name: str) -> Any:
+    """The path of a file shipped with the workbench: "starwars.yaml", "rule1.yaml", "rule1-l7.yaml".
+
+    Example::
+
+        lab.policy.apply(wb.example("rule1.yaml"))
+    """
+    from pathlib import Path
+
+    path = Path(__file__).parent / "data" / name
+    if not path.is_file():
+        shipped = sorted(p.name for p in path.parent.iterdir() if p.suffix == ".yaml")
+        raise NotFoundError(f"no example {name}; examples: {', '.join(shipped)}")
+    return path
 
 
 def read_flows(path: str) -> Any:

@@ -21,26 +21,7 @@ from workbench.observe import remote, render
 from workbench.observe.archive import load_parquet
 from workbench.observe.metrics import metric_value
 
-RULE1 = """
-apiVersion: "cilium.io/v2"
-kind: CiliumNetworkPolicy
-metadata:
-  name: "rule1"
-spec:
-  description: "L3-L4 policy to restrict deathstar access to empire ships only"
-  endpointSelector:
-    matchLabels:
-      org: empire
-      class: deathstar
-  ingress:
-  - fromEndpoints:
-    - matchLabels:
-        org: empire
-    toPorts:
-    - ports:
-      - port: "80"
-        protocol: TCP
-"""
+RULE1 = wb.example("rule1.yaml").read_text()
 URL = "deathstar.default.svc.cluster.local/v1/request-landing"
 
 

@@ -9,17 +9,7 @@ from IPython.core.error import UsageError
 
 import workbench as wb
 
-RULE1 = """
-apiVersion: cilium.io/v2
-kind: CiliumNetworkPolicy
-metadata:
-  name: rule1
-spec:
-  endpointSelector: {matchLabels: {org: empire, class: deathstar}}
-  ingress:
-  - fromEndpoints: [{matchLabels: {org: empire}}]
-    toPorts: [{ports: [{port: "80", protocol: TCP}]}]
-"""
+RULE1 = wb.example("rule1.yaml").read_text()
 LANDING = "curl -s -m 2 -XPOST deathstar.default.svc.cluster.local/v1/request-landing"
 
 

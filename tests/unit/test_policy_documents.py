@@ -8,31 +8,13 @@ from typing import Any
 
 import pytest
 
+import workbench as wb
 from workbench.errors import NotFoundError, ValidationError
 from workbench.policy import load_documents
 from workbench.policy.ports import PortRange
 from workbench.policy.selectors import Requirement
 
-RULE1 = """\
-apiVersion: "cilium.io/v2"
-kind: CiliumNetworkPolicy
-metadata:
-  name: "rule1"
-spec:
-  description: "L3-L4 policy to restrict deathstar access to empire ships only"
-  endpointSelector:
-    matchLabels:
-      org: empire
-      class: deathstar
-  ingress:
-  - fromEndpoints:
-    - matchLabels:
-        org: empire
-    toPorts:
-    - ports:
-      - port: "80"
-        protocol: TCP
-"""
+RULE1 = wb.example("rule1.yaml").read_text()
 
 
 def cnp(**spec: Any) -> dict[str, Any]:
