@@ -30,6 +30,7 @@ class FakeAgent:
     identities: Identities = field(default_factory=Identities)
     methods: dict[str, Any] = field(default_factory=dict)
     observers: list[Any] = field(default_factory=list)
+    status_extras: list[Any] = field(default_factory=list)
 
     def register_method(self, name, fn):
         self.methods[name] = fn
@@ -91,6 +92,8 @@ def test_metrics_text_and_status(agent):
     assert metric_value(m, "hubble_lost_events_total") == 4
     status = agent.methods["flows.status"]()
     assert status["seen"] == 300 and status["lost_events"] == 4 and status["reading"] is False
+    lab_status = {k: v for extra in agent.status_extras for k, v in extra().items()}
+    assert lab_status == {"flow_capacity": agent.flows.store.capacity, "metrics": None}
 
 
 def test_archive_method(agent, tmp_path):
