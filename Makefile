@@ -14,7 +14,8 @@ kernelspec: setup
 
 lab: kernelspec
 	$(VENV)/bin/jupyter lab --ip=127.0.0.1 --port=$(PORT) --no-browser --allow-root \
-		--ServerApp.root_dir=notebooks --MultiKernelManager.default_kernel_name=ebpf-workbench
+		--ServerApp.root_dir=notebooks --MultiKernelManager.default_kernel_name=ebpf-workbench \
+		--LabApp.default_url=/lab/tree/01-install.ipynb
 
 lint: setup
 	$(VENV)/bin/ruff check workbench tests bench
