@@ -68,18 +68,29 @@ static __always_inline void parse_icmp_error(struct __sk_buff *skb, __u32 off, s
     p->icmp_error = 1;
 }
 
+/* The first 8 bytes after an option-less IPv4 header: UDP's ports, ICMP's
+ * type..id, TCP's ports. Every IPv4 packet we parse has at least these, so one
+ * helper call reads the IP header and them together (the hot path: each helper
+ * call costs about as much as a map lookup). */
+#define WB_L4_PEEK 8
+
+struct ipv4_peek {
+    struct iphdr ip;
+    __u8 l4[WB_L4_PEEK];
+};
+
 /* 1: IPv4 parsed into p; 0: not IPv4 (ARP, IPv6, ...) or too short. */
 static __always_inline int parse_ipv4(struct __sk_buff *skb, struct pkt *p)
 {
-    struct ethhdr eth;
-    struct iphdr ip;
+    struct ipv4_peek pk;
 
-    if (bpf_skb_load_bytes(skb, 0, &eth, sizeof(eth)) < 0)
+    /* skb->protocol is the Ethernet type the stack already read: no load needed */
+    if (skb->protocol != bpf_htons(ETH_P_IP))
         return 0;
-    if (eth.h_proto != bpf_htons(ETH_P_IP))
+    int peeked = bpf_skb_load_bytes(skb, ETH_HLEN, &pk, sizeof(pk)) == 0;
+    if (!peeked && bpf_skb_load_bytes(skb, ETH_HLEN, &pk.ip, sizeof(pk.ip)) < 0)
         return 0;
-    if (bpf_skb_load_bytes(skb, ETH_HLEN, &ip, sizeof(ip)) < 0)
-        return 0;
+    struct iphdr ip = pk.ip;
     p->saddr = ip.saddr;
     p->daddr = ip.daddr;
     p->proto = ip.protocol;
@@ -100,33 +111,31 @@ static __always_inline int parse_ipv4(struct __sk_buff *skb, struct pkt *p)
     if (ip.frag_off & bpf_htons(0x2000))
         p->frag = WB_FRAG_FIRST;
     __u32 l4 = ETH_HLEN + (ip.ihl & 0xf) * 4;
+    __u8 hdr[WB_L4_PEEK];
+    if (peeked && (ip.ihl & 0xf) == 5)
+        __builtin_memcpy(hdr, pk.l4, sizeof(hdr));        /* the common case: already read */
+    else if (bpf_skb_load_bytes(skb, l4, hdr, sizeof(hdr)) < 0)
+        return 1;                                          /* too short for ports: IP only */
     if (ip.protocol == IPPROTO_TCP) {
-        __u8 hdr[14];
-        if (bpf_skb_load_bytes(skb, l4, hdr, sizeof(hdr)) == 0) {
-            __builtin_memcpy(&p->sport, &hdr[0], 2);
-            __builtin_memcpy(&p->dport, &hdr[2], 2);
-            p->tcp_flags = hdr[13];
-        }
+        __builtin_memcpy(&p->sport, &hdr[0], 2);
+        __builtin_memcpy(&p->dport, &hdr[2], 2);
+        __u8 flags;
+        if (bpf_skb_load_bytes(skb, l4 + 13, &flags, 1) == 0)
+            p->tcp_flags = flags;
     } else if (ip.protocol == IPPROTO_UDP) {
-        __u8 hdr[4];
-        if (bpf_skb_load_bytes(skb, l4, hdr, sizeof(hdr)) == 0) {
-            __builtin_memcpy(&p->sport, &hdr[0], 2);
-            __builtin_memcpy(&p->dport, &hdr[2], 2);
-        }
+        __builtin_memcpy(&p->sport, &hdr[0], 2);
+        __builtin_memcpy(&p->dport, &hdr[2], 2);
     } else if (ip.protocol == IPPROTO_ICMP) {
         /* Echo request and reply share the id: request keys it as source
          * "port", reply as destination, so the reply's reversed tuple finds
          * the request's conntrack entry. */
-        __u8 hdr[6];
-        if (bpf_skb_load_bytes(skb, l4, hdr, sizeof(hdr)) == 0) {
-            if (hdr[0] == WB_ICMP_ECHO)
-                __builtin_memcpy(&p->sport, &hdr[4], 2);
-            else if (hdr[0] == WB_ICMP_ECHOREPLY)
-                __builtin_memcpy(&p->dport, &hdr[4], 2);
-            else if (hdr[0] == WB_ICMP_DEST_UNREACH || hdr[0] == WB_ICMP_TIME_EXCEEDED ||
-                     hdr[0] == WB_ICMP_PARAMETERPROB)
-                parse_icmp_error(skb, l4 + 8, p);
-        }
+        if (hdr[0] == WB_ICMP_ECHO)
+            __builtin_memcpy(&p->sport, &hdr[4], 2);
+        else if (hdr[0] == WB_ICMP_ECHOREPLY)
+            __builtin_memcpy(&p->dport, &hdr[4], 2);
+        else if (hdr[0] == WB_ICMP_DEST_UNREACH || hdr[0] == WB_ICMP_TIME_EXCEEDED ||
+                 hdr[0] == WB_ICMP_PARAMETERPROB)
+            parse_icmp_error(skb, l4 + 8, p);
     }
     return 1;
 }
