@@ -67,6 +67,9 @@ def make_handler(app: str, pod: str) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         server_version = "workbench-" + app
         protocol_version = "HTTP/1.1"
+        # Head and body leave as two writes: with Nagle on, a keep-alive client's
+        # next answer would wait for the delayed ACK (~40 ms) every time.
+        disable_nagle_algorithm = True
 
         def _answer(self) -> None:
             length = int(self.headers.get("Content-Length") or 0)
