@@ -58,6 +58,42 @@ static __always_inline __u32 peer_identity_of(const struct pkt *p, __u8 dir)
     return iv ? iv->identity : WB_ID_WORLD;
 }
 
+/* Established traffic to another pod of the lab: account it on the
+ * destination's connection (what its to-container would do) and hand it
+ * straight to the pod. New connections, L7 redirects, fragments and ICMP
+ * errors return -1 and take the normal path, so the destination's
+ * to-container judges every first packet. */
+static __always_inline int local_delivery(struct __sk_buff *skb, const struct pkt *p, __u64 now)
+{
+    if (p->frag != WB_FRAG_NONE || p->icmp_error)
+        return -1;
+    struct local_ep_key lk = {.addr = p->daddr};
+    struct local_ep_value *dst = local_endpoints.lookup(&lk);
+    if (!dst)
+        return -1;
+    struct ct_key key = {};
+    struct ct_value *ct = 0;
+    int state = ct_lookup(p, WB_DIR_INGRESS, now, &key, &ct);
+    if (state == WB_CT_NEW || !ct || ct->proxy_port)
+        return -1;
+    struct flow_ctx fc = {};
+    fc.ifindex = dst->lxc_ifindex;
+    fc.ep_id = (__u16)dst->ep_id;
+    fc.direction = WB_DIR_INGRESS;
+    fc.is_reply = state == WB_CT_REPLY;
+    __u8 macs[12];
+    __builtin_memcpy(&macs[0], dst->pod_mac, 6);
+    __builtin_memcpy(&macs[6], dst->lxc_mac, 6);
+    __u32 ifindex = dst->lxc_ifindex;
+    if (bpf_skb_store_bytes(skb, 0, macs, sizeof(macs), 0) < 0)
+        return -1;
+    __u8 report = ct_account(ct, p, fc.is_reply, now);
+    if (report)
+        emit_conn(&key, ct, p, &fc, report);
+    count_verdict(WB_VERDICT_FORWARDED, WB_DIR_INGRESS, 0, p->len);
+    return bpf_redirect_peer(ifindex, 0);
+}
+
 static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 {
     struct endpoint_key ek = {.ifindex = skb->ifindex};
@@ -108,6 +144,11 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
             }
         }
         count_verdict(WB_VERDICT_FORWARDED, dir, 0, p.len);
+        if (dir == WB_DIR_EGRESS && !ct->proxy_port) {
+            int delivered = local_delivery(skb, &p, now);
+            if (delivered >= 0)
+                return delivered;
+        }
         return TC_ACT_OK;
     }
 

@@ -22,6 +22,8 @@
 
 BPF_TABLE_PINNED("lpm_trie", struct ipcache_key, struct ipcache_value, ipcache, IPCACHE_MAX,
                  PIN_DIR "/ipcache", BPF_F_NO_PREALLOC);
+BPF_TABLE_PINNED("hash", struct local_ep_key, struct local_ep_value, local_endpoints, ENDPOINTS_MAX,
+                 PIN_DIR "/local_endpoints");
 BPF_TABLE_PINNED("hash", struct endpoint_key, struct endpoint_info, endpoints, ENDPOINTS_MAX,
                  PIN_DIR "/endpoints");
 

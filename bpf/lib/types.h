@@ -228,4 +228,20 @@ struct metrics_value {
     __u64 bytes;
 };
 
+/* local_endpoints: pod IPv4 (network order) -> how to hand a packet straight
+ * to that pod. Established traffic between two pods of the lab skips the
+ * node's IP stack and the destination's to-container program: from-container
+ * accounts it on the destination's connection too and redirects it into the
+ * pod's eth0 (bpf_redirect_peer), as Cilium's local delivery does. */
+struct local_ep_key {
+    __u32 addr;
+};
+
+struct local_ep_value {
+    __u32 lxc_ifindex;  /* the destination's lxc; its peer is the pod's eth0 */
+    __u8  pod_mac[6];   /* destination MAC the pod's stack expects */
+    __u8  lxc_mac[6];   /* source MAC, as if the node had routed it */
+    __u32 ep_id;
+};
+
 #endif /* WB_TYPES_H */

@@ -83,6 +83,20 @@ class Datapath:
             pass
         table[key] = table.Leaf(ep.id, ep.identity, build.ipv4_be(ep.ipv4), flags)
 
+    def _write_local_delivery(self, ep: Endpoint, ipr: IPRoute, index: int) -> None:
+        """How from-container hands established traffic straight to this pod (bpf_redirect_peer)."""
+        lxc_mac = ipr.get_links(index)[0].get_attr("IFLA_ADDRESS")
+        with IPRoute(netns=ep.netns) as pod:
+            eth0 = netlink.link_index(pod, "eth0")
+            pod_mac = pod.get_links(eth0)[0].get_attr("IFLA_ADDRESS")
+        table = self.bpf[b"local_endpoints"]
+        leaf = table.Leaf()
+        leaf.lxc_ifindex = index
+        leaf.pod_mac[:] = bytes.fromhex(pod_mac.replace(":", ""))
+        leaf.lxc_mac[:] = bytes.fromhex(lxc_mac.replace(":", ""))
+        leaf.ep_id = ep.id
+        table[table.Key(build.ipv4_be(ep.ipv4))] = leaf
+
     @netlink.off_event_loop
     def attach_endpoint(self, ep: Endpoint) -> None:
         """Write the endpoint's facts and attach both programs to ``ep.lxc`` in the node netns.
@@ -105,10 +119,17 @@ class Datapath:
                 fn = self._programs[name]
                 ipr.tc("replace-filter", "bpf", index, FILTER_HANDLE, fd=fn.fd, name=name, parent=parent,
                        classid=1, direct_action=True, prio=FILTER_PRIO)
+            # last: only with both programs in place may established traffic bypass to-container
+            self._write_local_delivery(ep, ipr, index)
 
     @netlink.off_event_loop
     def detach_endpoint(self, ep: Endpoint) -> None:
         """Remove both filters and the endpoint's facts. Idempotent (a gone device is fine)."""
+        local = self.bpf[b"local_endpoints"]
+        try:  # first: from now on every packet to this pod takes the normal path
+            del local[local.Key(build.ipv4_be(ep.ipv4))]
+        except KeyError:
+            pass
         with IPRoute(netns=self.node_netns) as ipr:
             found = ipr.link_lookup(ifname=ep.lxc)
             index = int(found[0]) if found else ep.ifindex
