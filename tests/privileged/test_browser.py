@@ -68,6 +68,29 @@ def jupyterlab(tmp_path: Path, kernelspec_prefix: Path):
         log.close()
 
 
+STARTED = """() => [...document.querySelectorAll('.jp-CodeCell .jp-InputPrompt')]
+                     .some(p => /\\[(\\*|\\d+)\\]/.test(p.textContent))"""
+
+
+def run_all_cells(page) -> None:
+    """Run > Run All Cells, until a cell has visibly started.
+
+    Right after the notebook opens, JupyterLab may still be connecting the
+    kernel session and then drops the command silently; asking again is safe
+    because nothing has run yet.
+    """
+    for _attempt in range(3):
+        page.keyboard.press("Escape")   # close a menu or dialog left open
+        page.get_by_role("menuitem", name="Run", exact=True).click()
+        page.get_by_role("menuitem", name="Run All Cells", exact=True).click()
+        try:
+            page.wait_for_function(STARTED, timeout=30_000)
+            return
+        except Exception:
+            continue
+    raise AssertionError("JupyterLab did not start running the notebook")
+
+
 @pytest.mark.browser
 def test_observe_tutorial_renders_the_live_dashboard(jupyterlab):
     from playwright.sync_api import sync_playwright
@@ -81,8 +104,7 @@ def test_observe_tutorial_renders_the_live_dashboard(jupyterlab):
             page.goto(f"{base}/lab/tree/{NOTEBOOK}?token={token}", timeout=120_000)
             page.wait_for_selector(".jp-Notebook .jp-Cell", timeout=120_000)
             page.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status='idle']", timeout=120_000)
-            page.get_by_role("menuitem", name="Run", exact=True).click()
-            page.get_by_role("menuitem", name="Run All Cells", exact=True).click()
+            run_all_cells(page)
             # A cell still running shows "[*]": wait for every prompt to carry a number,
             # or for an error (Run All stops there, so waiting longer would only time out).
             page.wait_for_function(
@@ -103,6 +125,10 @@ def test_observe_tutorial_renders_the_live_dashboard(jupyterlab):
             traces = page.locator(".wb-dashboard .js-plotly-plot g.trace").count()
             widgets = page.locator(".wb-dashboard .jupyter-widgets").count()
             tracebacks = page.locator(".jp-OutputArea-output:has-text('Traceback (most recent call last)')").count()
+        except Exception:
+            # what the page showed when it went wrong, next to the log of the server
+            page.screenshot(path=str(ARTIFACTS / "jupyterlab-02-observe-failed.png"), full_page=True)
+            raise
         finally:
             browser.close()
     assert traces > 0, "no plotly trace rendered in the dashboard"
