@@ -331,23 +331,12 @@ def test_lab_list_shows_the_running_lab(demo: str) -> None:
     assert rows[demo]["status"] == "ready" and rows[demo]["pods"] == 4
 
 
-L3_L4_POLICY = """
-apiVersion: cilium.io/v2
-kind: CiliumNetworkPolicy
-metadata: {name: rule1}
-spec:
-  endpointSelector: {matchLabels: {org: empire, class: deathstar}}
-  ingress:
-  - fromEndpoints: [{matchLabels: {org: empire}}]
-    toPorts: [{ports: [{port: "80", protocol: TCP}]}]
-"""
-
-
-def test_connectivity_test_expects_what_the_active_policy_allows(tmp_path: Path) -> None:
+def test_connectivity_test_expects_what_the_active_policy_allows() -> None:
     """With the getting-started L3/L4 policy, xwing->deathstar must fail and does: exit 0, not 1."""
+    import workbench
+
     name = lab_name()
-    policy = tmp_path / "rule1.yaml"
-    policy.write_text(L3_L4_POLICY)
+    policy = workbench.example("rule1.yaml")
     try:
         assert wb("lab", "up", "--name", name).returncode == 0
         applied = wb("policy", "apply", "--name", name, str(policy))
