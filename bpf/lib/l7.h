@@ -76,21 +76,9 @@ static __always_inline __u16 l7_ingress_proxy_port(__u8 gen, __u32 daddr, __u32 
     struct l7_ep_value *dst = l7_endpoints.lookup(&ek);
     if (!dst)
         return 0;
-    struct policy_key k = {};
-    k.prefixlen = WB_POLICY_PREFIX_FULL;
-    k.generation = gen;
-    k.direction = WB_DIR_INGRESS;
-    k.ep_id = (__u16)dst->ep_id;
-    k.identity = client_identity;
-    k.proto = IPPROTO_TCP;
-    k.dport = dport_be;
-    struct policy_value *by_peer = policy.lookup(&k);
-    k.identity = 0;
-    struct policy_value *by_any = policy.lookup(&k);
-    if ((by_peer && by_peer->deny) || (by_any && by_any->deny))
-        return 0;
-    struct policy_value *decided = by_peer ? by_peer : by_any;
-    return decided ? decided->proxy_port : 0;
+    struct policy_result res = {};
+    policy_decide(gen, WB_DIR_INGRESS, (__u16)dst->ep_id, client_identity, IPPROTO_TCP, dport_be, &res);
+    return res.outcome == WB_POLICY_ALLOW ? res.proxy_port : 0;
 }
 
 /* Hand the packet to the proxy: the connection's accepted socket when it

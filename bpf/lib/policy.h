@@ -39,9 +39,11 @@ static __always_inline void policy_count(struct policy_value *v, __u32 len)
     __sync_fetch_and_add(&v->bytes, len);
 }
 
-static __always_inline void policy_lookup(__u8 gen, __u8 dir, __u16 ep_id, __u32 peer_identity,
-                                          __u8 proto, __u16 dport_be, __u32 len,
-                                          struct policy_result *res)
+/* What the policy says about (peer, proto, port) for one endpoint and
+ * direction, without counting: two LPM lookups (the peer's identity and
+ * identity 0, any peer); a deny from either wins. Returns the deciding entry. */
+static __always_inline struct policy_value *policy_decide(__u8 gen, __u8 dir, __u16 ep_id, __u32 peer_identity,
+                                                          __u8 proto, __u16 dport_be, struct policy_result *res)
 {
     struct policy_key k = {};
     k.prefixlen = WB_POLICY_PREFIX_FULL;
@@ -66,14 +68,19 @@ static __always_inline void policy_lookup(__u8 gen, __u8 dir, __u16 ep_id, __u32
         decided = by_peer ? by_peer : by_any;
         res->outcome = decided ? WB_POLICY_ALLOW : WB_POLICY_NO_MATCH;
     }
-    if (decided) {
-        res->match_type = decided->match_type;
-        res->proxy_port = decided->proxy_port;
+    res->match_type = decided ? decided->match_type : WB_MATCH_NONE;
+    res->proxy_port = decided ? decided->proxy_port : 0;
+    return decided;
+}
+
+/* policy_decide for the connection being judged: the deciding entry counts it. */
+static __always_inline void policy_lookup(__u8 gen, __u8 dir, __u16 ep_id, __u32 peer_identity,
+                                          __u8 proto, __u16 dport_be, __u32 len,
+                                          struct policy_result *res)
+{
+    struct policy_value *decided = policy_decide(gen, dir, ep_id, peer_identity, proto, dport_be, res);
+    if (decided)
         policy_count(decided, len);
-    } else {
-        res->match_type = WB_MATCH_NONE;
-        res->proxy_port = 0;
-    }
 }
 
 #endif /* WB_POLICY_H */
