@@ -39,9 +39,10 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Protocol
 
+import pydantic
 from . import system
 from .datapath import build
-from .errors import WorkbenchError
+from .errors import ValidationError, WorkbenchError
 from .lab import state, topology
 from .lab.identity import IdentityAllocator, identity_labels
 from .lab.ipam import (
@@ -72,6 +73,29 @@ class EndpointObserver(Protocol):
 
 
 Method = Callable[..., Any]
+
+
+def strictly_typed(name: str, fn: Method) -> Method:
+    """``fn`` with its parameters validated strictly (pydantic) against its annotations.
+
+    A bad call raises ValidationError naming the method, the parameter and what
+    was expected, in one line.
+    """
+    checked = pydantic.validate_call(config=pydantic.ConfigDict(strict=True, arbitrary_types_allowed=True))(fn)
+
+    def call(**params: Any) -> Any:
+        try:
+            return checked(**params)
+        except pydantic.ValidationError as err:
+            if err.title not in (getattr(fn, "__qualname__", ""), getattr(fn, "__name__", "")):
+                # raised inside fn, not by the argument check
+                raise
+            problem = err.errors()[0]
+            where = ".".join(str(part) for part in problem["loc"]) or "parameters"
+            given = f", got {problem['input']!r}"[:80] if problem["type"] != "missing_argument" else ""
+            raise ValidationError(f"{name}: parameter {where!r}: {problem['msg'].lower()}{given}") from None
+
+    return call
 
 
 class Agent:
@@ -107,8 +131,12 @@ class Agent:
 
     # ----- extension points -------------------------------------------------
     def register_method(self, name: str, fn: Method) -> None:
-        """Serve ``fn(**params)`` as local API method ``name`` (replaces an existing one)."""
-        self.methods[name] = fn
+        """Serve ``fn(**params)`` as local API method ``name`` (replaces an existing one).
+
+        Parameters are checked strictly against ``fn``'s annotations before it
+        runs: a wrong type is an error, never coerced (``"off"`` is not a bool).
+        """
+        self.methods[name] = strictly_typed(name, fn)
 
     def add_endpoint_observer(self, observer: EndpointObserver) -> None:
         """Tell ``observer`` about every endpoint, the existing ones first."""
@@ -281,11 +309,14 @@ class Agent:
         self.register_method("agent.shutdown", self._shutdown)
         self.register_method("lab.status", self.status_dict)
         self.register_method("endpoint.list", lambda: [self.endpoint_dict(ep) for ep in self.endpoints.values()])
-        self.register_method("endpoint.get", lambda pod: self.endpoint_dict(self.endpoint(pod)))
+        self.register_method("endpoint.get", self._endpoint_get)
         self.register_method("service.list", lambda: [svc.to_dict() for svc in self.services])
         self.register_method("identity.list", lambda: [{"id": i.id, "labels": list(i.labels)}
                                                        for i in self.identities.all()])
         self.register_method("lb.list", lambda: self.lb.frontend_entries() if self.lb else [])
+
+    def _endpoint_get(self, pod: str) -> dict[str, Any]:
+        return self.endpoint_dict(self.endpoint(pod))
 
     def endpoint_dict(self, ep: Endpoint) -> dict[str, Any]:
         ingress, egress = self.enforcement(ep) if self.enforcement else (False, False)

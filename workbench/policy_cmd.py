@@ -70,7 +70,8 @@ def _bpf_policy_get(args: argparse.Namespace) -> TableResult:
 
 
 def _lab_flag(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--name", "-l", default=DEFAULT_LAB, help=f"lab name (default: {DEFAULT_LAB})")
+    parser.add_argument("--lab", "-l", "--name", dest="name", default=DEFAULT_LAB,
+                        help=f"lab name (default: {DEFAULT_LAB})")
 
 
 def register(sub: Any) -> None:

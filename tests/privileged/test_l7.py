@@ -242,6 +242,57 @@ def test_malformed_http_gets_400_a_flow_and_the_proxy_keeps_serving(lab, seed_po
     assert lab.call("l7.status")["errors"] == 0
 
 
+SMUGGLING_CLIENT = textwrap.dedent("""
+    import json, socket, sys
+    hidden = b"PUT /v1/exhaust-port HTTP/1.1\\r\\nHost: deathstar\\r\\nContent-Length: 7\\r\\n\\r\\n"
+    attacks = {
+        # CL.TE: the proxy frames by chunks, a Content-Length backend would run the hidden PUT
+        "cl_te": (b"POST /v1/request-landing HTTP/1.1\\r\\nHost: deathstar\\r\\nContent-Length: 4\\r\\n"
+                  b"Transfer-Encoding: chunked\\r\\n\\r\\n" + b"%x\\r\\n" % len(hidden) + hidden + b"\\r\\n0\\r\\n\\r\\n"
+                  b"POST /v1/request-landing HTTP/1.1\\r\\nHost: deathstar\\r\\nContent-Length: 0\\r\\n\\r\\n"),
+        # a bare CR inside a header value: a lenient parser could end the line there
+        "bare_cr": (b"POST /v1/request-landing HTTP/1.1\\r\\nHost: deathstar\\r\\nX-Note: a\\rContent-Length: 40"
+                    b"\\r\\nContent-Length: 0\\r\\n\\r\\n" + hidden),
+    }
+    out = {}
+    for name, payload in attacks.items():
+        s = socket.create_connection((sys.argv[1], 80), timeout=5)
+        s.sendall(payload)
+        data = b""
+        while True:
+            try:
+                chunk = s.recv(4096)
+            except ConnectionResetError:
+                break
+            if not chunk:
+                break
+            data += chunk
+        out[name] = data.decode(errors="replace")
+    print(json.dumps(out))
+""")
+
+
+def deathstar_log_lines(lab, needle: str) -> int:
+    from workbench.lab.state import log_dir
+
+    return sum(path.read_text().count(needle) for path in log_dir(lab.name).glob("deathstar*.log"))
+
+
+def test_request_smuggling_is_refused_and_never_reaches_the_backend(lab, seed_policy):
+    start = time.time()
+    executed_before = deathstar_log_lines(lab, "exhaust-port")
+    run = lab.exec("tiefighter", [sys.executable, "-I", "-c", SMUGGLING_CLIENT, DEATHSTAR], check=True)
+    out = json.loads(run.stdout)
+    for name, answer in out.items():
+        # one 400 and the connection closed: nothing after it was read as a request
+        assert answer.startswith("HTTP/1.1 400 Bad Request"), (name, answer)
+        assert answer.count("HTTP/1.1") == 1 and "Panic" not in answer and "Ship landed" not in answer, (name, answer)
+    assert deathstar_log_lines(lab, "exhaust-port") == executed_before    # the backend ran no hidden PUT
+    rows = wait_flows(lab, 2, since=iso(start))
+    assert sorted(rows.http_code.dropna().astype(int)) == [400, 400]
+    assert set(rows.verdict) == {"ERROR"} and "FORWARDED" not in set(rows.verdict)
+
+
 def test_metrics_count_l7_verdicts(lab, seed_policy):
     curl(lab, "tiefighter", "PUT", "/v1/exhaust-port")
     wait_flows(lab, 1, http_status="403")

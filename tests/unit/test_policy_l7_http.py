@@ -123,3 +123,47 @@ def test_exchanges_become_hubble_style_l7_rows():
     assert response.l7_latency_ns == 1_500_000 and int(response.src_identity) == 301
     assert denied.http_code == 403 and denied.http_url == "http://deathstar/v1/exhaust-port"
     assert malformed.http_code == 400 and str(malformed.http_method) in ("nan", "<NA>", "None")
+
+
+@pytest.mark.parametrize("raw, why", [
+    # CL.TE: the backend would frame by Content-Length and read the chunked body as a new request
+    (b"POST /v1/request-landing HTTP/1.1\r\nHost: d\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n",
+     "both Transfer-Encoding and Content-Length"),
+    (b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nContent-Length: 4\r\n\r\n", "both Transfer-Encoding"),
+    (b"POST / HTTP/1.1\r\nTransfer-Encoding: xchunked\r\n\r\n", "unsupported transfer-encoding"),
+    (b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked, identity\r\n\r\n", "unsupported transfer-encoding"),
+    (b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n",
+     "unsupported transfer-encoding"),
+    (b"POST / HTTP/1.1\r\nTransfer-Encoding : chunked\r\n\r\n", "bad header line"),
+    (b"POST / HTTP/1.1\r\nTransfer-Encoding:\x0bchunked\r\n\r\n", "control character"),
+    (b"POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n", "HTTP/1.0"),
+    (b"POST / HTTP/1.1\r\nContent-Length: 4\r\nContent-Length: 7\r\n\r\n", "bad content-length"),
+    (b"POST / HTTP/1.1\r\nContent-Length: 4\r\nContent-Length: 4\r\n\r\n", "bad content-length"),
+    (b"POST / HTTP/1.1\r\nContent-Length: +4\r\n\r\n", "bad content-length"),
+    (b"GET / HTTP/1.1\r\nX-A: one\rTwo: 2\r\n\r\n", "control character in header 'X-A'"),
+    (b"GET / HTTP/1.1\r\nHost: d\r\n folded\r\n\r\n", "bad header line"),
+])
+def test_requests_two_parsers_could_frame_differently_are_refused(raw, why):
+    with pytest.raises(MalformedHTTP, match=why):
+        read_request(io.BytesIO(raw))
+
+
+@pytest.mark.parametrize("body, why", [
+    (b"0x4\r\nabcd\r\n0\r\n\r\n", "bad chunk size"),
+    (b" 4\r\nabcd\r\n0\r\n\r\n", "bad chunk size"),
+    (b"+4\r\nabcd\r\n0\r\n\r\n", "bad chunk size"),
+    (b"4\nabcd\r\n0\r\n\r\n", "bad chunk size"),
+    (b"4\r\nabcdXY0\r\n\r\n", "not followed by CRLF"),
+    (b"4\r\nabcd\r\n0\r\nX: a\rb\r\n\r\n", "trailer"),
+])
+def test_sloppy_chunk_framing_is_refused(body, why):
+    stream = io.BytesIO(b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n" + body)
+    msg = read_request(stream)
+    assert msg is not None and msg.chunked
+    with pytest.raises(MalformedHTTP, match=why):
+        copy_body(msg, stream)
+
+
+def test_the_forwarded_head_has_crlf_line_endings_even_when_the_client_used_bare_lf():
+    msg = read_request(io.BytesIO(b"GET /v1/ HTTP/1.1\nHost: deathstar\n\n"))
+    assert msg is not None and msg.head == b"GET /v1/ HTTP/1.1\r\nHost: deathstar\r\n\r\n"

@@ -1,9 +1,12 @@
 """Just enough HTTP/1.1 for a policy proxy: request/response heads and body framing.
 
 Pure (works on any binary file object), so it is unit tested without sockets.
-The proxy forwards the bytes it received (head as read, body as framed), so
-nothing a client sent is rewritten; parsing only finds the method, target,
-headers and where the message ends.
+The proxy forwards the head line by line with CRLF endings and the body as
+framed; parsing finds the method, target, headers and where the message ends.
+A request whose framing another parser could read differently (both
+Transfer-Encoding and Content-Length, obfuscated codings, control bytes in
+values, sloppy chunk lines) is refused, so the backend can never see a request
+the policy did not judge.
 
 Example::
 
@@ -24,6 +27,10 @@ MAX_HEAD = 64 * 1024
 MAX_LINE = 8 * 1024
 _TOKEN = re.compile(rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 _VERSION = re.compile(rb"HTTP/1\.[01]")
+# RFC 9110 5.5: a field value is visible characters, SP and HTAB; CR, LF and NUL never.
+_BAD_VALUE_BYTE = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
+# RFC 9112 7.1: chunk-size is hex digits, then optional extensions; no sign, prefix or spaces.
+_CHUNK_SIZE = re.compile(rb"([0-9A-Fa-f]{1,15})(;[^\r\n]*)?\r\n")
 
 
 class MalformedHTTP(Exception):
@@ -85,14 +92,36 @@ def _headers(lines: list[bytes]) -> dict[str, str]:
     for line in lines:
         name, sep, value = line.partition(b":")
         if not sep or not _TOKEN.fullmatch(name):
+            # also obs-fold (a line starting with SP/HTAB) and space before the colon (RFC 9112 5.1, 5.2)
             raise MalformedHTTP(f"bad header line {line[:60]!r}")
+        if _BAD_VALUE_BYTE.search(value):
+            # a bare CR (or other control byte) could end the line for the backend but not for us
+            raise MalformedHTTP(f"control character in header {name[:40].decode('ascii')!r}")
         key = name.decode("ascii").lower()
         text = value.strip().decode("latin-1")
         headers[key] = f"{headers[key]}, {text}" if key in headers else text
     return headers
 
 
+def _request_framing_checks(msg: Message) -> None:
+    """Refuse every request whose body length two HTTP parsers could read differently (RFC 9112 6.1, 6.3).
+
+    The proxy forwards the head as received, so the backend must frame the body
+    exactly as the proxy did: otherwise bytes the proxy took for a body become a
+    request the policy never saw (request smuggling).
+    """
+    if "transfer-encoding" in msg.headers:
+        if "content-length" in msg.headers:
+            raise MalformedHTTP("both Transfer-Encoding and Content-Length (request smuggling)")
+        if msg.version == "HTTP/1.0":
+            raise MalformedHTTP("Transfer-Encoding in an HTTP/1.0 request")
+        if msg.headers["transfer-encoding"].lower() != "chunked":
+            raise MalformedHTTP(f"unsupported transfer-encoding {msg.headers['transfer-encoding']!r}")
+
+
 def _framing(msg: Message, is_request: bool) -> None:
+    if is_request:
+        _request_framing_checks(msg)
     encoding = msg.headers.get("transfer-encoding", "").lower()
     if encoding:
         if encoding.split(",")[-1].strip() != "chunked":
@@ -100,7 +129,7 @@ def _framing(msg: Message, is_request: bool) -> None:
         msg.chunked, msg.body_length = True, None
     elif "content-length" in msg.headers:
         value = msg.headers["content-length"].strip()
-        if not value.isdigit():
+        if not value.isdigit() or len(value) > 18:   # also refuses repeated values ("4, 4")
             raise MalformedHTTP(f"bad content-length {value!r}")
         msg.body_length = int(value)
     else:
@@ -158,23 +187,24 @@ def copy_body(msg: Message, rfile: BinaryIO, write: Callable[[bytes], Any] | Non
             line = rfile.readline(MAX_LINE + 1)
             if not line.endswith(b"\n"):
                 raise MalformedHTTP("bad chunk size line")
-            size_text = line.split(b";")[0].strip()
-            try:
-                size = int(size_text, 16)
-            except ValueError:
-                raise MalformedHTTP(f"bad chunk size {size_text[:20]!r}") from None
+            size_match = _CHUNK_SIZE.fullmatch(line)
+            if size_match is None:
+                raise MalformedHTTP(f"bad chunk size {line.split(b';')[0].strip()[:20]!r}")
+            size = int(size_match.group(1), 16)
             sink(line)
             total += len(line)
             if size == 0:
                 while True:  # trailers up to the empty line
                     trailer = rfile.readline(MAX_LINE + 1)
-                    if not trailer.endswith(b"\n"):
-                        raise MalformedHTTP("connection closed in chunked trailers")
+                    if not trailer.endswith(b"\r\n") or b"\r" in trailer[:-2]:
+                        raise MalformedHTTP("bad or unterminated chunked trailer line")
                     sink(trailer)
                     total += len(trailer)
-                    if trailer in (b"\r\n", b"\n"):
+                    if trailer == b"\r\n":
                         return total
             data = _read_exact(rfile, size + 2)
+            if not data.endswith(b"\r\n"):
+                raise MalformedHTTP("chunk data not followed by CRLF")
             sink(data)
             total += len(data)
     if msg.body_length is None:  # until EOF

@@ -14,6 +14,7 @@ from typing import Any
 import pandas as pd
 
 from ..client import AgentClient
+from ..errors import ValidationError
 from . import load_documents
 
 BPF_POLICY_COLUMNS = ["endpoint", "pod", "direction", "identity", "labels", "protocol", "port", "port_end",
@@ -78,6 +79,15 @@ class PolicyMapFrame(pd.DataFrame):
         return self._policy._edit("remove", pod, direction, peer, protocol, port, end_port)
 
 
+def audit_switch(on: bool | str) -> bool:
+    """True/False from a bool or the words "on"/"off" (any other value is a ValidationError)."""
+    if isinstance(on, bool):
+        return on
+    if isinstance(on, str) and on.strip().lower() in ("on", "off"):
+        return on.strip().lower() == "on"
+    raise ValidationError(f"audit mode must be True/False or 'on'/'off', not {on!r}")
+
+
 class LabPolicy:
     """Policies of one lab. Obtained as ``lab.policy``.
 
@@ -111,9 +121,17 @@ class LabPolicy:
         """Delete policies by name (or namespace/name), or all of them."""
         return list(self._client.call("policy.delete", names=list(names), all=all)["deleted"])
 
-    def audit(self, on: bool = True, pod: str | None = None) -> dict[str, Any]:
-        """Audit mode: policy drops pass and are reported with verdict AUDIT."""
-        return dict(self._client.call("policy.audit", on=on, pod=pod))
+    def audit(self, on: bool | str = True, pod: str | None = None) -> dict[str, Any]:
+        """Audit mode: policy drops pass and are reported with verdict AUDIT.
+
+        ``on`` is True/False or the CLI's words "on"/"off"; anything else is refused.
+
+        Example::
+
+            lab.policy.audit("off")            # enforce again, on every endpoint
+            lab.policy.audit(True, pod="deathstar")
+        """
+        return dict(self._client.call("policy.audit", on=audit_switch(on), pod=pod))
 
     def explain(self, pod: str | None = None, direction: str | None = None) -> pd.DataFrame:
         """What the compiled policy means, entry by entry, with the policies that produced each."""
