@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import pydantic
+
 from . import system
 from .datapath import build
 from .errors import ValidationError, WorkbenchError
