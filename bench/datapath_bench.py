@@ -26,7 +26,7 @@ from typing import Any
 
 from bench.figures import figure
 from workbench.datapath.testbed import Testbed
-from workbench.model import PolicyEntry
+from workbench.lab.model import PolicyEntry
 
 ENTRY_COUNTS = (1, 1000, 10000)
 IPTABLES_COUNTS = (1000, 10000)

@@ -109,8 +109,8 @@ def kernel_ring_rates(datagrams: int, repeats: int) -> tuple[list[float], int]:
     import socket
     import uuid
 
+    from workbench.datapath.ringreader import RingReader
     from workbench.datapath.testbed import Testbed
-    from workbench.observe.ringreader import RingReader
 
     pages = 4096  # 16 MiB ring: ~190k records fit, so production never laps the reader here
     options = {"cflags": [f"-DEVENTS_RING_PAGES={pages}"]}

@@ -114,7 +114,7 @@ def _load(lab: Any, target: str, clients: int, seconds: float) -> dict[str, Any]
 def run(quick: bool = False) -> dict[str, Any]:
     """Figures for 1 and 32 keep-alive clients: rps and p99 ms, direct and through the proxy."""
     import workbench as wb
-    from workbench.lab.topology import pod_netns
+    from workbench.node.topology import pod_netns
 
     seconds, repeats = (1.5, 1) if quick else (5.0, 3)
     lab = wb.Lab.up(name=f"b{uuid.uuid4().hex[:6]}")

@@ -51,9 +51,9 @@ spec:
 
 def measure_lab_up(manifest: str | None, repeats: int) -> dict[str, Any]:
     """Median/min/max of `lab up` and `lab down` seconds over ``repeats`` fresh labs."""
-    from workbench.lab.lifecycle import start_lab, stop_lab
+    from workbench.client.lifecycle import start_lab, stop_lab
     from workbench.lab.manifests import parse_manifests, read_manifest_files
-    from workbench.lab.state import teardown
+    from workbench.node.state import teardown
 
     spec = read_manifest_files([]) if manifest is None else parse_manifests([manifest])
     up, down, build = [], [], []

@@ -45,7 +45,7 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
 
 def pytest_sessionstart(session: pytest.Session) -> None:
     if is_root():
-        from workbench.inventory import host_netns_attachments
+        from workbench.node.inventory import host_netns_attachments
 
         _host_attachments_before.extend(host_netns_attachments())
 
@@ -55,7 +55,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     # (one run would see the other's live netns); CI always checks.
     if not is_root() or os.environ.get("WORKBENCH_LEAK_CHECK") == "0":
         return
-    from workbench.inventory import host_netns_attachments, take_inventory
+    from workbench.node.inventory import host_netns_attachments, take_inventory
 
     leaks = take_inventory()
     new_attachments = sorted(set(host_netns_attachments()) - set(_host_attachments_before))
@@ -81,7 +81,7 @@ def unique_name() -> Callable[[str], str]:
 @pytest.fixture
 def netns_factory(unique_name: Callable[[str], str]) -> Iterator[Callable[[str], str]]:
     """Creates named netns (loopback up) and removes every one of them after the test."""
-    from workbench import netlink
+    from workbench.node import netlink
 
     created: list[str] = []
 
@@ -99,7 +99,7 @@ def netns_factory(unique_name: Callable[[str], str]) -> Iterator[Callable[[str],
 @pytest.fixture(scope="session")
 def kernelspec_prefix(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The workbench kernelspec installed into a private prefix for this test session."""
-    from workbench.kernelspec import install_kernelspec
+    from workbench.cli.kernelspec import install_kernelspec
 
     prefix = tmp_path_factory.mktemp("jupyter-prefix")
     install_kernelspec(prefix=str(prefix))

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .errors import NotFoundError, PrivilegeError, SetupError, ValidationError, WorkbenchError
+from workbench.errors import NotFoundError, PrivilegeError, SetupError, ValidationError, WorkbenchError
 
 __all__ = ["status", "program", "read_flows", "example", "Lab", "WorkbenchError", "SetupError", "PrivilegeError", "NotFoundError", "ValidationError",
            "load_ipython_extension"]
@@ -23,7 +23,7 @@ __version__ = "0.1.0"
 
 def status() -> Any:
     """Run the preflight checks and return a Report (HTML table in notebooks)."""
-    from .preflight import run_preflight
+    from workbench.node.preflight import run_preflight
 
     return run_preflight()
 
@@ -31,7 +31,7 @@ def status() -> Any:
 def __getattr__(name: str) -> Any:
     # `wb.Lab` imports the lab layer (pandas, the agent client) only when first used.
     if name == "Lab":
-        from .api import Lab
+        from workbench.client.lab import Lab
 
         return Lab
     raise AttributeError(f"module 'workbench' has no attribute {name!r}")
@@ -45,7 +45,7 @@ def program(name: str) -> Any:
         counter = wb.program("count_packets")
         counter.maps["counts"].to_frame()
     """
-    from .notebook.programs import manager
+    from workbench.notebook.programs import manager
 
     return manager().get(name)
 
@@ -74,13 +74,13 @@ def read_flows(path: str) -> Any:
         lab.flows().to_parquet("flows.parquet")
         wb.read_flows("flows.parquet")
     """
-    from .observe.archive import load_parquet
+    from workbench.observe.archive import load_parquet
 
     return load_parquet(path)
 
 
 def load_ipython_extension(ipython: Any) -> None:
     """`%load_ext workbench`: registers the %ebpf, %%ebpf and %%policy magics."""
-    from .notebook.magics import register_magics
+    from workbench.notebook.magics import register_magics
 
     register_magics(ipython)

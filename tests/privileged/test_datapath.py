@@ -24,13 +24,13 @@ from dataclasses import dataclass, field
 import numpy as np
 import pytest
 
-from workbench import netlink
-from workbench.datapath import layout
+from workbench.datapath import abi as layout
 from workbench.datapath.loader import Datapath
 from workbench.datapath.policymap import port_blocks
 from workbench.datapath.testbed import Testbed
 from workbench.errors import ValidationError
-from workbench.model import PolicyEntry
+from workbench.lab.model import PolicyEntry
+from workbench.node import netlink
 
 A, B, C = 300, 301, 302
 TCP, UDP = 6, 17
@@ -391,7 +391,7 @@ AGENT = textwrap.dedent("""
     import sys, time
     from workbench.datapath.loader import Datapath
     from workbench.datapath import build
-    from workbench.model import Endpoint, PolicyEntry
+    from workbench.lab.model import Endpoint, PolicyEntry
     import json
     lab, node, eps = sys.argv[1], sys.argv[2], [Endpoint(**e) for e in json.loads(sys.argv[3])]
     dp = Datapath(lab, node)

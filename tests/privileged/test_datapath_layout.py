@@ -7,7 +7,8 @@ import ctypes
 import numpy as np
 import pytest
 
-from workbench.datapath import build, layout
+from workbench.datapath import abi as layout
+from workbench.datapath import build
 
 MIRRORS = {
     "flow_event": layout.FLOW_EVENT_DTYPE,

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 import pytest
 
 from workbench.datapath.testbed import Testbed
-from workbench.model import PolicyEntry
+from workbench.lab.model import PolicyEntry
 
 PORT = 7100
 PACKETS = 200

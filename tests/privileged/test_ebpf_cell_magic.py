@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from IPython.core.error import UsageError
 
-from workbench import system
+from workbench.node import system
 from workbench.notebook import programs
 
 A_IP, B_IP = "10.99.0.1", "10.99.0.2"
@@ -131,7 +131,7 @@ def pair(netns_factory) -> Iterator[tuple[str, str]]:
 
 @pytest.fixture
 def cgroup() -> Iterator[Path]:
-    from workbench.inventory import remove_cgroup_tree
+    from workbench.node.inventory import remove_cgroup_tree
 
     root = system.cgroup2_root()
     assert root is not None

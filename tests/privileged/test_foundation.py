@@ -85,7 +85,7 @@ def test_leak_check_fails_a_run_that_leaves_a_netns(tmp_path):
         assert proc.returncode != 0
         assert "LEAK CHECK FAILED" in proc.stdout and name in proc.stdout
     finally:
-        from workbench import netlink
+        from workbench.node import netlink
 
         netlink.remove_netns(name)
 

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from workbench.inventory import lab_inventory
-from workbench.lab import state
+from workbench.node import state
+from workbench.node.inventory import lab_inventory
 
 WORKBENCH = [sys.executable, "-m", "workbench"]
 LANDING = ["curl", "-s", "-XPOST", "deathstar.default.svc.cluster.local/v1/request-landing"]
@@ -233,7 +233,7 @@ def test_connectivity_test_fails_on_an_unexpected_result(demo: str) -> None:
 
 def test_python_api_and_magic_command_share_the_lab(demo: str) -> None:
     import workbench as wb_api
-    from workbench.commands import run
+    from workbench.cli.commands import run
 
     lab = wb_api.Lab.connect(demo)
     frame = lab.endpoints
@@ -304,7 +304,7 @@ def test_unprivileged_commands_fail_with_one_clear_line(demo: str, args: list[st
 
 
 def test_socket_lb_is_attached_to_every_pod_cgroup_and_nowhere_else(demo: str) -> None:
-    from workbench import system
+    from workbench.node import system
 
     expected = {("cgroup_inet4_connect", "sock4_connect"), ("cgroup_udp4_sendmsg", "sock4_sendmsg"),
                 ("cgroup_udp4_recvmsg", "sock4_recvmsg"), ("cgroup_inet4_getpeername", "sock4_getpeername")}

@@ -11,8 +11,8 @@ from collections.abc import Iterator
 import pytest
 
 import workbench as wb
-from workbench.inventory import lab_inventory
-from workbench.lab import state
+from workbench.node import state
+from workbench.node.inventory import lab_inventory
 
 ECHO_LAB = """
 apiVersion: v1

@@ -17,12 +17,12 @@ from collections.abc import Iterator
 import pandas as pd
 import pytest
 
+from workbench.datapath.ringreader import RingReader
 from workbench.datapath.testbed import Testbed
-from workbench.model import Endpoint, Identity, PolicyEntry
+from workbench.lab.model import Endpoint, Identity, PolicyEntry
 from workbench.observe import render
 from workbench.observe.enrich import EnrichmentContext
 from workbench.observe.metrics import metric_value, metrics_frame
-from workbench.observe.ringreader import RingReader
 from workbench.observe.store import FlowStore
 
 XWING, TIEFIGHTER, DEATHSTAR = 258, 259, 257

@@ -17,7 +17,8 @@ from collections.abc import Iterator
 import pytest
 
 import workbench as wb
-from workbench.observe import remote, render
+from workbench.client import flows as remote
+from workbench.observe import render
 from workbench.observe.archive import load_parquet
 from workbench.observe.metrics import metric_value
 

@@ -58,8 +58,8 @@ def test_bad_observe_options_are_refused_before_anything_starts():
 def test_lab_down_all_removes_every_lab():
     import pytest
 
-    from workbench.inventory import take_inventory
-    from workbench.lab.state import known_labs
+    from workbench.node.inventory import take_inventory
+    from workbench.node.state import known_labs
 
     if known_labs():
         pytest.skip(f"other labs are up on this node ({', '.join(known_labs())}); --all would remove them")

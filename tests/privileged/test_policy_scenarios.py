@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 import workbench as wb
-from workbench.lab.probe import __file__ as PROBE_SCRIPT
+from workbench.node.probe import __file__ as PROBE_SCRIPT
 
 MANIFEST = Path(__file__).with_name("manifests") / "policy-lab.yaml"
 WORLD = "192.0.2.10"

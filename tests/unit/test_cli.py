@@ -2,7 +2,7 @@ import json
 import subprocess
 import sys
 
-from workbench.commands import ArgumentError, build_parser, run
+from workbench.cli.commands import ArgumentError, build_parser, run
 from workbench.errors import WorkbenchError
 
 
@@ -40,4 +40,4 @@ def test_kernelspec_install_points_at_this_interpreter(tmp_path):
     spec = json.loads(open(f"{path}/kernel.json").read())
     assert spec["display_name"] == "eBPF Workbench (Python 3)"
     assert spec["argv"][0] == sys.executable
-    assert spec["argv"][1:3] == ["-m", "workbench.kernel_launcher"]
+    assert spec["argv"][1:3] == ["-m", "workbench.notebook.kernel_launcher"]

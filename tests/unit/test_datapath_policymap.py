@@ -7,10 +7,10 @@ import random
 import pandas as pd
 import pytest
 
-from workbench.datapath import layout
+from workbench.datapath import abi as layout
 from workbench.datapath.policymap import Slot, block_range, port_blocks, slots_to_entries, to_slots
 from workbench.errors import ValidationError
-from workbench.model import PolicyEntry
+from workbench.lab.model import PolicyEntry
 
 
 @pytest.mark.parametrize(("first", "last", "expected"), [

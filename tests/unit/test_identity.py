@@ -9,8 +9,8 @@ import pytest
 from workbench.errors import ValidationError
 from workbench.lab.identity import IdentityAllocator, identity_labels
 from workbench.lab.ipam import AddressPool, check_lab_cidrs
-from workbench.lab.state import check_lab_name
-from workbench.lab.topology import lxc_name
+from workbench.lab.names import check_lab_name
+from workbench.node.topology import lxc_name
 
 NS = {"kubernetes.io/metadata.name": "default"}
 

@@ -2,7 +2,7 @@
 
 import pytest
 
-from workbench.lab.apps import make_handler
+from workbench.node.apps import make_handler
 
 
 @pytest.mark.parametrize("app", ["deathstar", "echo"])

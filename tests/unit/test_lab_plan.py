@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from workbench.lab.connectivity import Probe, plan_probes
+from workbench.client.connectivity import Probe, plan_probes
 from workbench.lab.manifests import DEMO_MANIFEST, parse_manifests
 from workbench.lab.services import build_frontends, selects
 
@@ -65,7 +65,7 @@ def test_bench_manifest_has_the_requested_pod_count() -> None:
 
 
 def test_connectivity_report_text_json_and_exit_code() -> None:
-    from workbench.lab.connectivity import ConnectivityReport
+    from workbench.client.connectivity import ConnectivityReport
 
     good = Probe("x", "pod-to-world", "world", "192.0.2.10", 80, "TCP", ok=True, detail="HTTP/1.1 200 OK")
     bad = Probe("x", "pod-to-world", "world", "192.0.2.10", 80, "UDP", ok=False, detail="timeout")
@@ -78,7 +78,7 @@ def test_connectivity_report_text_json_and_exit_code() -> None:
 
 
 def test_endpoint_table_is_narrow_in_text_and_full_in_json() -> None:
-    from workbench.lab_cmd import EndpointTable, endpoints_frame
+    from workbench.cli.lab import EndpointTable, endpoints_frame
 
     ep = {"id": 1, "identity": 256, "labels": ["k8s:org=empire", "k8s:io.kubernetes.pod.namespace=default"],
           "ipv4": "10.244.0.10", "pod": "a", "namespace": "default", "app": "idle", "lxc": "lxc0", "ifindex": 3}

@@ -6,7 +6,7 @@ import sys
 import pandas as pd
 import pytest
 
-from workbench.commands import run
+from workbench.cli.commands import run
 from workbench.observe import render, synthetic
 from workbench.observe.archive import export_parquet, load_parquet
 from workbench.observe.store import FlowStore

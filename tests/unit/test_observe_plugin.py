@@ -5,12 +5,12 @@ from typing import Any
 
 import pytest
 
+from workbench.agent.flows import setup
 from workbench.errors import ValidationError
-from workbench.model import Identity
+from workbench.lab.model import Identity
 from workbench.observe import render, synthetic
 from workbench.observe.archive import load_parquet
 from workbench.observe.metrics import metric_value, metrics_frame
-from workbench.observe.plugin import setup
 from workbench.observe.synthetic import DEATHSTAR, DEATHSTAR_SVC, TIEFIGHTER, XWING
 
 

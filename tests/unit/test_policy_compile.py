@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 from workbench.lab.identity import IdentityAllocator, identity_labels
-from workbench.model import Endpoint, PolicyEntry
+from workbench.lab.model import Endpoint, PolicyEntry
 from workbench.policy import CompiledPolicy, compile_policies, diff, explain, explain_frame, load_documents
 from workbench.policy.cidr import LOCAL_IDENTITY_SCOPE
 from workbench.policy.ports import block_range

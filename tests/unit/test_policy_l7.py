@@ -8,7 +8,7 @@ import pytest
 
 from workbench.errors import ValidationError
 from workbench.lab.identity import IdentityAllocator, identity_labels
-from workbench.model import Endpoint
+from workbench.lab.model import Endpoint
 from workbench.policy import compile_policies, explain, load_documents
 from workbench.policy.compiler import DEFAULT_PROXY_PORT
 from workbench.policy.l7 import ALLOW_ALL, HttpRule, request_allowed

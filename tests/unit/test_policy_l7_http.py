@@ -6,8 +6,8 @@ import io
 
 import pytest
 
-from workbench.l7.flows import record_exchange
-from workbench.l7.http import (
+from workbench.agent.l7.flows import record_exchange
+from workbench.agent.l7.http import (
     MalformedHTTP,
     copy_body,
     read_request,
@@ -15,7 +15,7 @@ from workbench.l7.http import (
     request_path,
     simple_response,
 )
-from workbench.l7.proxy import Decision, Exchange, upstream_mark
+from workbench.agent.l7.proxy import Decision, Exchange, upstream_mark
 from workbench.observe.store import FlowStore
 
 

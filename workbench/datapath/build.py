@@ -12,8 +12,8 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from .. import system
-from ..errors import ValidationError
+from workbench.errors import ValidationError
+from workbench.node import system
 
 BPF_DIR = Path(__file__).resolve().parents[2] / "bpf"
 

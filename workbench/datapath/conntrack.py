@@ -14,7 +14,7 @@ from typing import Any
 
 import pandas as pd
 
-from . import layout
+from workbench.datapath import abi as layout
 
 CT_COLUMNS = ["direction", "protocol", "src_ip", "dst_ip", "src_port", "dst_port", "ep_id",
               "src_identity", "dst_identity", "verdict", "match_type", "proxy_port", "packets", "bytes",

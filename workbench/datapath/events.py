@@ -20,7 +20,7 @@ import time
 import numpy as np
 import pandas as pd
 
-from . import layout
+from workbench.datapath import abi as layout
 
 EVENT_COLUMNS = ["time", "verdict", "drop_reason", "drop_reason_desc", "event_type", "traffic_direction",
                  "is_reply", "ip_version", "src_ip", "dst_ip", "protocol", "src_port", "dst_port", "tcp_flags",

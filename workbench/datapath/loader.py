@@ -27,11 +27,12 @@ import pandas as pd
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
-from .. import netlink
-from ..errors import NotFoundError
-from ..model import Endpoint
-from . import build, layout
-from .policymap import PolicyMapWriter
+from workbench.datapath import abi as layout
+from workbench.datapath import build
+from workbench.datapath.policymap import PolicyMapWriter
+from workbench.errors import NotFoundError
+from workbench.lab.model import Endpoint
+from workbench.node import netlink
 
 ENTRY_FILE = "lxc.bpf.c"
 # (program, clsact parent): TC ingress on lxc sees what the pod sends.
@@ -214,7 +215,7 @@ class Datapath:
 
     def conntrack(self) -> pd.DataFrame:
         """The conntrack table (see :func:`workbench.datapath.conntrack.conntrack_table`)."""
-        from .conntrack import conntrack_table
+        from workbench.datapath.conntrack import conntrack_table
 
         return conntrack_table(self.bpf)
 

@@ -24,10 +24,10 @@ from typing import Any
 
 import pandas as pd
 
-from ..errors import ValidationError
-from ..model import Direction, PolicyEntry
-from ..policy.ports import block_range, port_blocks
-from . import layout
+from workbench.datapath import abi as layout
+from workbench.errors import ValidationError
+from workbench.lab.model import Direction, PolicyEntry
+from workbench.policy.ports import block_range, port_blocks
 
 # A port given with "any protocol" means these protocols (Cilium's ANY: TCP, UDP, SCTP).
 ANY_PROTOCOL_EXPANSION = (6, 17, 132)
@@ -102,7 +102,7 @@ def to_slots(entries: Iterable[PolicyEntry]) -> dict[Slot, SlotValue]:
 
     Example::
 
-        >>> from workbench.model import PolicyEntry
+        >>> from workbench.lab.model import PolicyEntry
         >>> slots = to_slots([PolicyEntry(1, "ingress", 300, 0, 0, 0, deny=True),
         ...                   PolicyEntry(1, "ingress", 300, 6, 80, 16)])
         >>> sorted((s.protocol, v.deny, v.shadowed) for s, v in slots.items())

@@ -26,10 +26,10 @@ from typing import Any
 
 from pyroute2 import IPRoute
 
-from .. import netlink
-from ..model import Endpoint
-from . import build
-from .loader import Datapath
+from workbench.datapath import build
+from workbench.datapath.loader import Datapath
+from workbench.lab.model import Endpoint
+from workbench.node import netlink
 
 GATEWAY = "169.254.1.1"
 POD_CIDR = "10.77.0.0/16"

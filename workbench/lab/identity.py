@@ -21,7 +21,7 @@ import json
 import os
 from pathlib import Path
 
-from ..model import (
+from workbench.lab.model import (
     FIRST_CLUSTER_IDENTITY,
     NAMESPACE_LABEL,
     NAMESPACE_LABELS_PREFIX,

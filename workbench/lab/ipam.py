@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import ipaddress
 
-from ..errors import ValidationError
+from workbench.errors import ValidationError
 
 DEFAULT_POD_CIDR = "10.244.0.0/16"
 DEFAULT_SERVICE_CIDR = "10.96.0.0/16"

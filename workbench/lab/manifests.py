@@ -24,7 +24,7 @@ from typing import Any
 
 import yaml
 
-from ..errors import ValidationError
+from workbench.errors import ValidationError
 
 DEMO_MANIFEST = Path(__file__).resolve().parents[1] / "data" / "starwars.yaml"
 
@@ -403,7 +403,7 @@ def _check_lab(spec: LabSpec) -> None:
 
 def read_manifest_files(paths: list[str | Path]) -> LabSpec:
     """Parse manifest files (the demo when ``paths`` is empty)."""
-    from ..errors import NotFoundError
+    from workbench.errors import NotFoundError
 
     if not paths:
         paths = [DEMO_MANIFEST]

@@ -20,8 +20,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from .. import netlink
-from ..errors import NotFoundError, ValidationError
+from workbench.errors import NotFoundError, ValidationError
+from workbench.node import netlink
 
 R = TypeVar("R")
 

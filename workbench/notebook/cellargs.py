@@ -18,7 +18,7 @@ import shlex
 from dataclasses import dataclass, field
 from typing import Any, NoReturn
 
-from ..errors import ValidationError
+from workbench.errors import ValidationError
 
 # Program types the cell magic attaches, and what each one needs as target.
 NET_DEVICE_KINDS = ("xdp", "tc")

@@ -9,8 +9,8 @@ from IPython.core.error import UsageError
 from IPython.core.magic import Magics, cell_magic, line_cell_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
 
-from ..commands import ArgumentError, run
-from ..errors import WorkbenchError
+from workbench.cli.commands import ArgumentError, run
+from workbench.errors import WorkbenchError
 
 # Subcommands about this kernel's own programs: the registry lives in this process, so the
 # CLI (another process) has nothing to list; they are handled here, not in commands.py.
@@ -42,7 +42,7 @@ class WorkbenchMagics(Magics):
     @cell_magic
     def policy(self, line: str, cell: str) -> Any:
         """`%%policy [--dry-run] [--audit] [--lab L]`: apply the CiliumNetworkPolicy/NetworkPolicy YAML in the cell."""
-        from ..api import Lab
+        from workbench.client.lab import Lab
 
         try:
             args = parse_argstring(self.policy, line)
@@ -81,8 +81,8 @@ def _message(err: Exception) -> str:
 
 
 def _run_cell(line: str, cell: str) -> Any:
-    from .cellargs import parse_cell_line
-    from .programs import manager
+    from workbench.notebook.cellargs import parse_cell_line
+    from workbench.notebook.programs import manager
 
     spec = parse_cell_line(line)
     if not cell.strip():
@@ -91,7 +91,7 @@ def _run_cell(line: str, cell: str) -> Any:
 
 
 def _program_command(argv: list[str]) -> Any:
-    from .programs import manager
+    from workbench.notebook.programs import manager
 
     if argv[0] == "programs":
         if len(argv) > 1:

@@ -137,7 +137,7 @@ class Maps(Mapping[str, MapView]):
         try:
             return self._views[name]
         except KeyError:
-            from ..errors import NotFoundError
+            from workbench.errors import NotFoundError
 
             raise NotFoundError(f"no map {name!r}; this program has: {', '.join(self._views) or 'no maps'}") from None
 

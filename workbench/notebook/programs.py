@@ -31,11 +31,11 @@ from typing import Any
 
 import pandas as pd
 
-from .. import system
-from ..errors import NotFoundError, PrivilegeError, ValidationError, WorkbenchError
-from . import attach as hooks
-from .cellargs import CellSpec
-from .cellsource import (
+from workbench.errors import NotFoundError, PrivilegeError, ValidationError, WorkbenchError
+from workbench.node import system
+from workbench.notebook import attach as hooks
+from workbench.notebook.cellargs import CellSpec
+from workbench.notebook.cellsource import (
     CFunction,
     captured_fd2,
     choose_function,
@@ -45,7 +45,7 @@ from .cellsource import (
     verifier_excerpt,
     verifier_reason,
 )
-from .mapview import Maps, MapView
+from workbench.notebook.mapview import Maps, MapView
 
 USER_PIN_DIR = system.PIN_ROOT / "user"
 # What a pinned program's attachment is, so a later kernel can list, replace and detach it
@@ -132,7 +132,7 @@ def _safe_len(view: MapView) -> str:
 def resolve_pod_target(pod: str, lab: str | None = None, lxc: bool = False) -> tuple[str, str, str]:
     """(netns, device, cgroup path) of a lab pod: its eth0 in its netns, or with ``lxc`` the node-side device.
 
-    Asks the lab's agent (``workbench.api.Lab.connect``); NotFoundError when
+    Asks the lab's agent (``workbench.client.lab.Lab.connect``); NotFoundError when
     the lab is not up or has no such pod (the message lists its pods).
 
     Example::
@@ -141,8 +141,8 @@ def resolve_pod_target(pod: str, lab: str | None = None, lxc: bool = False) -> t
         ('wb-default-deathstar-0', 'eth0', '/sys/fs/cgroup/unified/wb/default/deathstar-0')
     """
     try:
-        from ..api import Lab
-        from ..lab.topology import node_netns
+        from workbench.client.lab import Lab
+        from workbench.node.topology import node_netns
     except ImportError:
         raise NotFoundError(f"pod {pod!r}: no lab{f' {lab}' if lab else ''} on this node (start one with "
                             "`%ebpf lab up`), or attach with --dev D --netns NS") from None

@@ -19,11 +19,11 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from ..errors import NotFoundError, ValidationError
-from . import schema
+from workbench.errors import NotFoundError, ValidationError
+from workbench.observe import schema
 
 if TYPE_CHECKING:
-    from .store import FlowStore
+    from workbench.observe.store import FlowStore
 
 
 def _arrow_table(frame: pd.DataFrame) -> pa.Table:
@@ -142,7 +142,7 @@ class ContinuousArchiver:
             self._flush_locked()
 
     def _flush_locked(self) -> None:
-        from .store import build_frame
+        from workbench.observe.store import build_frame
 
         self._last_flush = time.monotonic()
         if not self._pending:

@@ -19,9 +19,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ..errors import SetupError
-from . import schema
-from .servicemap import VERDICT_COLORS
+from workbench.errors import SetupError
+from workbench.observe import schema
+from workbench.observe.servicemap import VERDICT_COLORS
 
 ALL = "(all)"
 Fetch = Callable[[int | None], pd.DataFrame]

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..model import RESERVED_IDENTITIES, Endpoint, Identity, Service
+from workbench.lab.model import RESERVED_IDENTITIES, Endpoint, Identity, Service
 
 
 def ip_to_int(ip: str) -> int:
@@ -39,7 +39,7 @@ class EnrichmentContext:
 
     Example::
 
-        >>> from workbench.model import Endpoint
+        >>> from workbench.lab.model import Endpoint
         >>> ctx = EnrichmentContext(node_name="demo")
         >>> ctx.update(endpoints=[Endpoint(1, "xwing", "default", "10.0.0.5", 258,
         ...     ("k8s:class=xwing",), {"class": "xwing"}, "wb-demo-xwing", "lxc1")])

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..datapath.layout import FLOW_EVENT_DTYPE
+from workbench.datapath.abi import FLOW_EVENT_DTYPE
 
 # flow_event.event_type (WB_EVENT_* of bpf/lib/types.h).
 EVENT_TRACE = 1          # first packet of a connection, per direction, forwarded

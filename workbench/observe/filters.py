@@ -18,8 +18,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from ..errors import ValidationError
-from . import schema
+from workbench.errors import ValidationError
+from workbench.observe import schema
 
 FILTERS = [
     "verdict", "event_type", "type", "traffic_direction", "drop_reason",

@@ -16,7 +16,7 @@ import pandas as pd
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest, start_http_server
 from prometheus_client.parser import text_string_to_metric_families
 
-from . import schema
+from workbench.observe import schema
 
 _HUBBLE_TYPE = {"trace": "Trace", "drop": "Drop", "policy-verdict": "PolicyVerdict", "l7": "L7"}
 _DROP = schema.EVENT_TYPES.index("drop")

@@ -15,8 +15,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ..errors import ValidationError
-from . import schema
+from workbench.errors import ValidationError
+from workbench.observe import schema
 
 _POLICY_WORD = {"FORWARDED": "ALLOWED", "DROPPED": "DENIED", "AUDIT": "AUDITED", "REDIRECTED": "REDIRECTED",
                 "ERROR": "ERROR"}

@@ -28,7 +28,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from ..errors import ValidationError
+from workbench.errors import ValidationError
 
 VERDICTS = ["FORWARDED", "DROPPED", "AUDIT", "REDIRECTED", "ERROR"]
 EVENT_TYPES = ["trace", "drop", "policy-verdict", "l7"]

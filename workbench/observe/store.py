@@ -23,10 +23,10 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from . import events as ev
-from . import schema
-from .enrich import EnrichmentContext, _Tables, ip_to_int, lookup_sorted
-from .metrics import FlowMetrics
+from workbench.observe import events as ev
+from workbench.observe import schema
+from workbench.observe.enrich import EnrichmentContext, _Tables, ip_to_int, lookup_sorted
+from workbench.observe.metrics import FlowMetrics
 
 DEFAULT_CAPACITY = 4095
 
@@ -396,7 +396,7 @@ class FlowStore:
 
     def flows(self, **filters: Any) -> pd.DataFrame:
         """``frame()`` filtered as `hubble observe` (see workbench.observe.filters.flows)."""
-        from .filters import flows
+        from workbench.observe.filters import flows
 
         return flows(self, **filters)
 

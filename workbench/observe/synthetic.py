@@ -13,9 +13,9 @@ from typing import Any
 
 import numpy as np
 
-from ..model import Endpoint, Identity, Service, ServicePort
-from . import events as ev
-from .enrich import EnrichmentContext, ip_to_int
+from workbench.lab.model import Endpoint, Identity, Service, ServicePort
+from workbench.observe import events as ev
+from workbench.observe.enrich import EnrichmentContext, ip_to_int
 
 XWING = Endpoint(1, "xwing", "default", "10.200.0.11", 258,
                  ("k8s:class=xwing", "k8s:io.kubernetes.pod.namespace=default", "k8s:org=alliance"),

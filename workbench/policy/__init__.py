@@ -13,11 +13,11 @@ Example::
     >>> compiled = pol.compile_policies(docs, endpoints, identities, ns)  # doctest: +SKIP
 """
 
-from .compiler import CompiledPolicy, compile_policies, resolve_deny
-from .documents import load_documents
-from .ports import port_blocks
-from .rules import PolicyDocument, PolicyRule, PolicySpec
-from .views import PolicyDiff, diff, explain, explain_frame
+from workbench.policy.compiler import CompiledPolicy, compile_policies, resolve_deny
+from workbench.policy.documents import load_documents
+from workbench.policy.ports import port_blocks
+from workbench.policy.rules import PolicyDocument, PolicyRule, PolicySpec
+from workbench.policy.views import PolicyDiff, diff, explain, explain_frame
 
 __all__ = [
     "CompiledPolicy", "PolicyDiff", "PolicyDocument", "PolicyRule", "PolicySpec", "compile_policies",

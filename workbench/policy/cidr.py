@@ -25,8 +25,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from ..model import ID_WORLD
-from .fields import DocRef, type_name
+from workbench.lab.model import ID_WORLD
+from workbench.policy.fields import DocRef, type_name
 
 LOCAL_IDENTITY_SCOPE = 1 << 24
 WORLD_PREFIX = "0.0.0.0/0"

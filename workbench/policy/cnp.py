@@ -16,13 +16,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..model import NAMESPACE_LABEL, NAMESPACE_LABELS_PREFIX, Direction
-from .cidr import CIDRRule, parse_cidr, parse_excepts
-from .fields import DocRef, Fields
-from .l7 import HttpRule, parse_l7_rules
-from .ports import PortRange, parse_port
-from .rules import ENTITIES, Peers, PolicyRule, PolicySpec
-from .selectors import LabelSelector, in_some_namespace, namespace_is, parse_selector
+from workbench.lab.model import NAMESPACE_LABEL, NAMESPACE_LABELS_PREFIX, Direction
+from workbench.policy.cidr import CIDRRule, parse_cidr, parse_excepts
+from workbench.policy.fields import DocRef, Fields
+from workbench.policy.l7 import HttpRule, parse_l7_rules
+from workbench.policy.ports import PortRange, parse_port
+from workbench.policy.rules import ENTITIES, Peers, PolicyRule, PolicySpec
+from workbench.policy.selectors import LabelSelector, in_some_namespace, namespace_is, parse_selector
 
 CNP_PROTOCOLS: dict[str, tuple[int, ...]] = {"TCP": (6,), "UDP": (17,), "ANY": (6, 17)}
 

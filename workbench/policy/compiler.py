@@ -15,7 +15,7 @@ entries also apply to a direction that is not default-deny (Cilium's
 
 Example::
 
-    >>> from workbench.model import Endpoint, Identity
+    >>> from workbench.lab.model import Endpoint, Identity
     >>> docs = load_documents({"apiVersion": "cilium.io/v2", "kind": "CiliumNetworkPolicy",
     ...     "metadata": {"name": "all-in"}, "spec": {"endpointSelector": {},
     ...     "ingress": [{"fromEntities": ["all"]}]}})
@@ -32,7 +32,7 @@ from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
-from ..model import (
+from workbench.lab.model import (
     FIRST_CLUSTER_IDENTITY,
     ID_HEALTH,
     ID_HOST,
@@ -44,12 +44,12 @@ from ..model import (
     Identity,
     PolicyEntry,
 )
-from .cidr import LOCAL_IDENTITY_SCOPE, WORLD_PREFIX, allocate_cidr_identities, cidr_labels
-from .documents import load_documents
-from .l7 import ALLOW_ALL, HttpRule
-from .ports import PORT_BITS
-from .rules import Peers, PolicyDocument, PolicyRule
-from .selectors import namespace_labels, split_label
+from workbench.policy.cidr import LOCAL_IDENTITY_SCOPE, WORLD_PREFIX, allocate_cidr_identities, cidr_labels
+from workbench.policy.documents import load_documents
+from workbench.policy.l7 import ALLOW_ALL, HttpRule
+from workbench.policy.ports import PORT_BITS
+from workbench.policy.rules import Peers, PolicyDocument, PolicyRule
+from workbench.policy.selectors import namespace_labels, split_label
 
 ID_ANY = 0
 ID_REMOTE_NODE = 6  # Cilium's reserved remote-node; no lab address maps to it

@@ -29,11 +29,11 @@ from typing import Any
 
 import yaml
 
-from ..errors import NotFoundError, ValidationError
-from .cnp import parse_cilium_spec
-from .fields import DocRef, Fields, type_name
-from .knp import parse_network_policy_spec
-from .rules import CCNP_KIND, CNP_KIND, KNP_KIND, PolicyDocument, PolicySpec
+from workbench.errors import NotFoundError, ValidationError
+from workbench.policy.cnp import parse_cilium_spec
+from workbench.policy.fields import DocRef, Fields, type_name
+from workbench.policy.knp import parse_network_policy_spec
+from workbench.policy.rules import CCNP_KIND, CNP_KIND, KNP_KIND, PolicyDocument, PolicySpec
 
 API_VERSIONS = {CNP_KIND: "cilium.io/v2", CCNP_KIND: "cilium.io/v2", KNP_KIND: "networking.k8s.io/v1"}
 DEFAULT_NAMESPACE = "default"

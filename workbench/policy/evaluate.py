@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import ipaddress
 
-from ..model import ID_WORLD, PROTOCOLS, Direction, PolicyEntry
-from .compiler import CompiledPolicy
-from .ports import block_range
+from workbench.lab.model import ID_WORLD, PROTOCOLS, Direction, PolicyEntry
+from workbench.policy.compiler import CompiledPolicy
+from workbench.policy.ports import block_range
 
 
 def _matches(entry: PolicyEntry, identity: int, protocol: int, port: int) -> bool:

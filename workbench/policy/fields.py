@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from ..errors import ValidationError
+from workbench.errors import ValidationError
 
 
 @dataclass(frozen=True)

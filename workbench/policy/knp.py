@@ -13,12 +13,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..model import NAMESPACE_LABELS_PREFIX, Direction
-from .cidr import CIDRRule, parse_cidr, parse_excepts
-from .fields import DocRef, Fields
-from .ports import PortRange, parse_port
-from .rules import Peers, PolicyRule, PolicySpec
-from .selectors import LabelSelector, in_some_namespace, namespace_is, parse_selector
+from workbench.lab.model import NAMESPACE_LABELS_PREFIX, Direction
+from workbench.policy.cidr import CIDRRule, parse_cidr, parse_excepts
+from workbench.policy.fields import DocRef, Fields
+from workbench.policy.ports import PortRange, parse_port
+from workbench.policy.rules import Peers, PolicyRule, PolicySpec
+from workbench.policy.selectors import LabelSelector, in_some_namespace, namespace_is, parse_selector
 
 KNP_PROTOCOLS: dict[str, tuple[int, ...]] = {"TCP": (6,), "UDP": (17,)}
 _POLICY_TYPES: dict[str, Direction] = {"Ingress": "ingress", "Egress": "egress"}

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
-from .fields import DocRef, Fields
+from workbench.policy.fields import DocRef, Fields
 
 _HTTP_FIELDS = {"method", "path", "host", "headers"}
 _HTTP_UNSUPPORTED = {

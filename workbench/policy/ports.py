@@ -19,9 +19,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from ..errors import ValidationError
-from ..model import PROTOCOLS
-from .fields import DocRef, Fields
+from workbench.errors import ValidationError
+from workbench.lab.model import PROTOCOLS
+from workbench.policy.fields import DocRef, Fields
 
 PORT_BITS = 16
 MAX_PORT = (1 << PORT_BITS) - 1

@@ -12,11 +12,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..model import Direction
-from .cidr import CIDRRule
-from .l7 import HttpRule
-from .ports import PortRange
-from .selectors import LabelSelector
+from workbench.lab.model import Direction
+from workbench.policy.cidr import CIDRRule
+from workbench.policy.l7 import HttpRule
+from workbench.policy.ports import PortRange
+from workbench.policy.selectors import LabelSelector
 
 CNP_KIND = "CiliumNetworkPolicy"
 CCNP_KIND = "CiliumClusterwideNetworkPolicy"

@@ -19,8 +19,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from ..model import NAMESPACE_LABEL, NAMESPACE_LABELS_PREFIX
-from .fields import DocRef, Fields, join, type_name
+from workbench.lab.model import NAMESPACE_LABEL, NAMESPACE_LABELS_PREFIX
+from workbench.policy.fields import DocRef, Fields, join, type_name
 
 Operator = Literal["In", "NotIn", "Exists", "DoesNotExist"]
 OPERATORS: tuple[Operator, ...] = ("In", "NotIn", "Exists", "DoesNotExist")

@@ -19,9 +19,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..model import Direction, PolicyEntry
-from .compiler import CompiledPolicy
-from .ports import PROTOCOL_NAMES, block_range
+from workbench.lab.model import Direction, PolicyEntry
+from workbench.policy.compiler import CompiledPolicy
+from workbench.policy.ports import PROTOCOL_NAMES, block_range
 
 COLUMNS = ["ep_id", "pod", "direction", "identity", "peer_labels", "protocol", "port", "verdict",
            "match_type", "rules", "http"]

@@ -1,0 +1,1 @@
+"""The lab agent: one process per lab that owns the datapath and serves the local API."""

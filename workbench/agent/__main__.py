@@ -1,0 +1,5 @@
+import sys
+
+from workbench.agent.server import main
+
+sys.exit(main())

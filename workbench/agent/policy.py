@@ -1,0 +1,275 @@
+"""The policy layer inside the agent: documents -> compiler -> datapath, served over the local API.
+
+Plugged in through ``workbench.agent.AGENT_PLUGINS``. It owns the lab's
+:class:`~workbench.datapath.loader.Datapath` (TC programs on every lxc), keeps
+the applied documents (persisted in the lab's state dir), recompiles when
+policies or endpoints change, and swaps the policy map atomically. Every
+method validates and compiles before touching the kernel, so bad input
+leaves the previous policy in force.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from typing import Any
+
+from workbench.datapath import build
+from workbench.datapath.loader import Datapath
+from workbench.errors import NotFoundError, ValidationError
+from workbench.lab.ipam import POD_GATEWAY, WORLD_CIDR, WORLD_GATEWAY
+from workbench.lab.model import ID_HOST, ID_WORLD, PROTOCOLS, Endpoint, Identity
+from workbench.node import topology
+from workbench.policy import compile_policies, diff, explain, load_documents
+from workbench.policy.compiler import CompiledPolicy
+from workbench.policy.evaluate import cidr_identity, connection_allowed
+from workbench.policy.rules import PolicyDocument
+
+RESERVED_NAMES = {"host": ID_HOST, "world": ID_WORLD, "reserved:host": ID_HOST, "reserved:world": ID_WORLD,
+                  "any": 0, "all": 0}
+
+
+class PolicyService:
+    """Applied policy of one lab (one per agent)."""
+
+    def __init__(self, agent: Any) -> None:
+        self.agent = agent
+        self.lock = threading.RLock()
+        self.datapath = Datapath(agent.lab, topology.node_netns(agent.lab))
+        self.documents: dict[str, PolicyDocument] = {}
+        self.compiled = CompiledPolicy()
+        self.path = agent.dir / "policies.json"
+        if self.path.exists():  # a restarted agent keeps the lab's policies
+            raw = json.loads(self.path.read_text())
+            self.documents = {d.key: d for d in load_documents(raw)} if raw else {}
+
+    # -- compile and write -------------------------------------------------------------
+    def _identities(self) -> list[Identity]:
+        return list(self.agent.identities.all())
+
+    def _compile(self, documents: dict[str, PolicyDocument]) -> CompiledPolicy:
+        return compile_policies(list(documents.values()), list(self.agent.endpoints.values()),
+                                self._identities(), self.agent.spec.namespaces,
+                                previous_cidr_identities=self.compiled.cidr_identities)
+
+    def _base_ipcache(self) -> dict[str, int]:
+        """The prefixes the agent itself maps (restored when a policy CIDR identity goes away)."""
+        base = {"0.0.0.0/0": ID_WORLD, WORLD_CIDR: ID_WORLD, f"{WORLD_GATEWAY}/32": ID_HOST,
+                f"{POD_GATEWAY}/32": ID_HOST}
+        base.update({f"{ep.ipv4}/32": ep.identity for ep in self.agent.endpoints.values()})
+        return base
+
+    def _write(self, compiled: CompiledPolicy) -> None:
+        writer = self.datapath.policy_writer()
+        writer.apply(compiled.entries, set(compiled.enforced))
+        # CIDR identities land right after the switch; only prefixes a policy names change.
+        base = self._base_ipcache()
+        for prefix, identity in compiled.cidr_identities.items():
+            if self.compiled.cidr_identities.get(prefix) != identity:
+                build.ipcache_set(self.agent.maps, prefix, identity)
+        for prefix in set(self.compiled.cidr_identities) - set(compiled.cidr_identities):
+            if prefix in base:
+                build.ipcache_set(self.agent.maps, prefix, base[prefix])
+            else:
+                build.ipcache_delete(self.agent.maps, prefix)
+        self.compiled = compiled
+
+    def _commit(self, documents: dict[str, PolicyDocument]) -> CompiledPolicy:
+        compiled = self._compile(documents)   # raises before any kernel write
+        self._write(compiled)
+        self.documents = documents
+        self.path.write_text(json.dumps([d.raw for d in documents.values()]))
+        return compiled
+
+    def refresh(self) -> None:
+        """Recompile against the current endpoints (a pod came or went)."""
+        with self.lock:
+            if self.documents:
+                self._commit(dict(self.documents))
+
+    # -- endpoint observer ---------------------------------------------------------------
+    def attach_endpoint(self, ep: Endpoint) -> None:
+        self.datapath.attach_endpoint(ep)
+        self.refresh()
+
+    def detach_endpoint(self, ep: Endpoint) -> None:
+        self.datapath.detach_endpoint(ep)
+        self.refresh()
+
+    def close(self) -> None:
+        self.datapath.close()
+
+    def enforcement(self, ep: Endpoint) -> tuple[bool, bool]:
+        enforced = self.compiled.enforced
+        return (ep.id, "ingress") in enforced, (ep.id, "egress") in enforced
+
+    # -- local API methods ---------------------------------------------------------------
+    def apply(self, text: str, source: str = "", dry_run: bool = False, audit: bool = False) -> dict[str, Any]:
+        docs = load_documents(text) if not source else _load_named(text, source)
+        with self.lock:
+            documents = dict(self.documents)
+            for doc in docs:
+                documents[doc.key] = doc
+            if dry_run:
+                new = self._compile(documents)
+                change = diff(self.compiled, new)
+                return {"applied": [], "dry_run": True, "summary": change.summary(),
+                        "rows": change.rows(self.compiled, new), "endpoints": sorted(change.endpoints)}
+            compiled = self._commit(documents)
+            audited = self._audit_selected(docs) if audit else []
+            return {"applied": [d.key for d in docs], "entries": len(compiled.entries), "audited": audited,
+                    "enforced": sorted(f"{compiled.endpoint_names.get(e, e)}:{d}" for e, d in compiled.enforced),
+                    "timing": self.datapath.policy_writer().last_apply_timing}
+
+    def _audit_selected(self, docs: list[PolicyDocument]) -> list[str]:
+        """Audit mode for the endpoints these documents select (in any direction)."""
+        selected = {ep_id for ep_id, _ in self._compile({d.key: d for d in docs}).enforced}
+        pods = [ep for ep in self.agent.endpoints.values() if ep.id in selected]
+        for ep in pods:
+            self.datapath.set_audit(ep.id, True)
+        return sorted(ep.pod for ep in pods)
+
+    def get(self) -> list[dict[str, Any]]:
+        with self.lock:
+            return [{"key": d.key, "name": d.name, "namespace": d.namespace, "kind": d.kind,
+                     "entries": len(self.compiled.entries_from(d.key)), "raw": d.raw}
+                    for d in self.documents.values()]
+
+    def delete(self, names: list[str] | None = None, all: bool = False) -> dict[str, Any]:
+        with self.lock:
+            documents = dict(self.documents)
+            if all:
+                gone = list(documents)
+                documents = {}
+            else:
+                gone = []
+                for name in names or []:
+                    key = self._find_key(name)
+                    gone.append(key)
+                    documents.pop(key)
+            self._commit(documents)
+            return {"deleted": gone}
+
+    def _find_key(self, name: str) -> str:
+        if name in self.documents:
+            return name
+        matches = [k for k, d in self.documents.items() if d.name == name]
+        if len(matches) == 1:
+            return matches[0]
+        known = ", ".join(self.documents) or "(none)"
+        if matches:
+            raise ValidationError(f"policy name {name} is ambiguous: {', '.join(matches)}; use namespace/name")
+        raise NotFoundError(f"policy {name} not found; policies: {known}")
+
+    def explain(self, pod: str | None = None, direction: str | None = None) -> list[dict[str, Any]]:
+        with self.lock:
+            return explain(self.compiled, pod=pod, direction=direction)  # type: ignore[arg-type]
+
+    def bpf_policy(self, pod: str | None = None) -> list[dict[str, Any]]:
+        """The live policy map (like `cilium bpf policy get`), with pods and identity labels."""
+        with self.lock:
+            frame = self.datapath.policy_writer().entries()
+            pods = {ep.id: ep for ep in self.agent.endpoints.values()}
+            labels = {i.id: list(i.labels) for i in self._identities()}
+            labels.update({k: list(v) for k, v in self.compiled.identity_labels.items()})
+            labels[0] = ["(any)"]
+            if pod is not None:
+                ep = self.agent.endpoint(pod)
+                frame = frame[frame.ep_id == ep.id]
+            rows = []
+            for row in frame.to_dict(orient="records"):
+                ep = pods.get(int(row["ep_id"]))
+                rows.append({"endpoint": row["ep_id"], "pod": f"{ep.namespace}/{ep.pod}" if ep else "",
+                             **{k: v for k, v in row.items() if k != "ep_id"},
+                             "labels": labels.get(int(row["identity"]), [])})
+            return rows
+
+    def audit(self, on: bool, pod: str | None = None) -> dict[str, Any]:
+        ep = self.agent.endpoint(pod) if pod else None
+        self.datapath.set_audit(ep.id if ep else None, on)
+        return {"audit": on, "endpoints": [ep.pod] if ep else sorted(self.agent.endpoints)}
+
+    def resolve_identity(self, peer: int | str) -> int:
+        """A peer as an identity: a number, a pod name, or host/world/any."""
+        if isinstance(peer, int) or str(peer).isdigit():
+            return int(peer)
+        if str(peer) in RESERVED_NAMES:
+            return RESERVED_NAMES[str(peer)]
+        try:
+            return self.agent.endpoint(str(peer)).identity
+        except NotFoundError as err:
+            raise NotFoundError(f"peer {peer} is not an identity number, a pod or one of "
+                                f"{', '.join(sorted(RESERVED_NAMES))}; {err}") from None
+
+    def edit_map(self, op: str, pod: str, direction: str, peer: int | str = 0, protocol: str = "ANY",
+                 port: int = 0, end_port: int | None = None) -> dict[str, Any]:
+        """Live edit of the policy map itself; the next new connection sees it."""
+        if op not in ("allow", "deny", "remove"):
+            raise ValidationError(f"map edit operation {op!r} must be allow, deny or remove")
+        if direction not in ("ingress", "egress"):
+            raise ValidationError(f"direction {direction!r} must be ingress or egress")
+        proto = PROTOCOLS.get(str(protocol).upper())
+        if proto is None:
+            raise ValidationError(f"protocol {protocol!r} must be one of {', '.join(PROTOCOLS)}")
+        if not 0 <= int(port) <= 65535 or (end_port is not None and not int(port) <= int(end_port) <= 65535):
+            raise ValidationError(f"port {port}-{end_port} is out of range 0-65535")
+        ep = self.agent.endpoint(pod)
+        identity = self.resolve_identity(peer)
+        writer = self.datapath.policy_writer()
+        with self.lock:
+            if op == "remove":
+                removed = writer.remove(ep.id, direction, identity, proto, int(port), end_port)  # type: ignore[arg-type]
+                return {"removed": removed}
+            getattr(writer, op)(ep.id, direction, identity, proto, int(port), end_port)
+            return {op: {"endpoint": ep.id, "pod": ep.pod, "direction": direction, "identity": identity,
+                         "protocol": str(protocol).upper(), "port": int(port), "end_port": end_port}}
+
+    def expect(self, probes: list[dict[str, Any]]) -> list[bool]:
+        """For `connectivity test`: which probes the active policy lets through."""
+        with self.lock:
+            by_pod = {ep.pod: ep for ep in self.agent.endpoints.values()}
+            by_ip = {ep.ipv4: ep for ep in self.agent.endpoints.values()}
+            services = {f"{s.namespace}/{s.name}": s for s in self.agent.services}
+            answers = []
+            for probe in probes:
+                src = by_pod[probe["source"]]
+                if probe["kind"] == "pod-to-service":
+                    svc = services[probe["destination"]]
+                    backends = [by_pod[b] for b in svc.backends if b in by_pod]
+                    targets: list[Endpoint | None] = list(backends)
+                    port = next((p.target_port for p in svc.ports if p.port == probe["port"]), probe["port"])
+                else:
+                    targets = [by_ip.get(probe["address"])]
+                    port = probe["port"]
+                outside = cidr_identity(self.compiled, probe["address"])
+                # A service probe reaches one backend; the policy must allow every one of them to be sure.
+                answers.append(all(connection_allowed(
+                    self.compiled, (src.id, src.identity), (t.id, t.identity) if t else None,
+                    probe["protocol"], int(port), dst_identity=outside) for t in targets))
+            return answers
+
+
+def _load_named(text: str, source: str) -> list[PolicyDocument]:
+    try:
+        return load_documents(text)
+    except ValidationError as err:
+        raise ValidationError(f"{source}: {err}") from None
+
+
+def setup(agent: Any) -> None:
+    """AGENT_PLUGINS entry: wire the policy service into the agent."""
+    service = PolicyService(agent)
+    agent.datapath = service.datapath
+    agent.policy = service
+    agent.add_endpoint_observer(service)
+    agent.enforcement = service.enforcement
+    agent.register_method("policy.apply", service.apply)
+    agent.register_method("policy.get", service.get)
+    agent.register_method("policy.delete", service.delete)
+    agent.register_method("policy.explain", service.explain)
+    agent.register_method("policy.audit", service.audit)
+    agent.register_method("policy.map.edit", service.edit_map)
+    agent.register_method("bpf.policy.get", service.bpf_policy)
+    agent.register_method("connectivity.expect", service.expect)
+    agent.register_method("datapath.metrics",
+                          lambda: service.datapath.metrics().to_dict(orient="records"))

@@ -1,0 +1,38 @@
+"""`workbench status`: the preflight as a command."""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+from typing import Any
+
+from workbench.cli.commands import add_json_flag
+from workbench.node.preflight import Report, run_preflight
+
+
+@dataclass
+class StatusResult:
+    report: Report
+
+    @property
+    def exit_code(self) -> int:
+        return 0 if self.report.ok else 1
+
+    def to_json(self) -> Any:
+        return self.report.to_dict()
+
+    def format_text(self) -> str:
+        return self.report.format_table()
+
+    def value(self) -> Any:
+        return self.report
+
+
+def _status(args: argparse.Namespace) -> StatusResult:
+    return StatusResult(run_preflight())
+
+
+def register(sub: Any) -> None:
+    parser = sub.add_parser("status", help="preflight: can this node run a lab?")
+    add_json_flag(parser)
+    parser.set_defaults(func=_status)

@@ -1,0 +1,80 @@
+"""Flows, metrics and exports from a running lab agent (the client side of the observe API).
+
+The agent serves these methods (workbench/observe/plugin.py):
+
+- ``flows.query(filters, after=None)`` -> ``{"jsonl": str, "seq": int, "lost_events": int}``
+- ``flows.export(path, filters)`` -> ``{"path": str, "rows": int}``
+- ``metrics.text()`` -> the Prometheus exposition as text
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pandas as pd
+
+from workbench.observe import render
+
+DEFAULT_LAB = "default"
+
+
+def _client(lab: str | None) -> Any:
+    from workbench.client.transport import AgentClient
+
+    return AgentClient(lab or DEFAULT_LAB)
+
+
+def agent_flows(lab: str | None = None, after: int | None = None, **filters: Any) -> pd.DataFrame:
+    """The lab's flows, filtered in the agent; ``attrs`` has ``lost_events`` and ``seq``."""
+    reply = _client(lab).call("flows.query", filters=_jsonable(filters), after=after)
+    frame = render.read_json_lines(reply["jsonl"], document=f"flows of lab {lab or DEFAULT_LAB}")
+    frame.attrs["lost_events"] = int(reply.get("lost_events", 0))
+    frame.attrs["seq"] = int(reply.get("seq", 0))
+    return frame
+
+
+def agent_export(path: str, lab: str | None = None, **filters: Any) -> dict[str, Any]:
+    """Have the agent write the lab's (filtered) flows to ``path`` as parquet."""
+    result: dict[str, Any] = _client(lab).call("flows.export", path=path, filters=_jsonable(filters))
+    return result
+
+
+def agent_metrics_text(lab: str | None = None) -> str:
+    """The lab's Prometheus exposition."""
+    return str(_client(lab).call("metrics.text"))
+
+
+def _jsonable(filters: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in filters.items():
+        if value is None:
+            continue
+        if isinstance(value, pd.Timestamp):
+            value = value.isoformat()
+        elif hasattr(value, "isoformat"):
+            value = value.isoformat()
+        out[key] = value
+    return out
+
+
+# -- what `Lab` (workbench/api.py) exposes, in one call each -------------------------------------
+
+def lab_metrics(lab: str | None = None) -> pd.DataFrame:
+    """``lab.metrics()``: the exposition parsed into name, labels, value, type."""
+    from workbench.observe.metrics import metrics_frame
+
+    return metrics_frame(agent_metrics_text(lab))
+
+
+def lab_dashboard(lab: str | None = None, *, start: bool = True, **options: Any) -> Any:
+    """``lab.observe()``: the live dashboard, polling the agent for new flows every second."""
+    from workbench.observe.dashboard import observe_dashboard
+
+    return observe_dashboard(lambda after: agent_flows(lab, after=after), start=start, **options)
+
+
+def lab_service_map(lab: str | None = None, **filters: Any) -> Any:
+    """``lab.service_map()``: the service map of the lab's stored flows."""
+    from workbench.observe.servicemap import service_map
+
+    return service_map(agent_flows(lab, **filters), title=f"Service map of lab {lab or DEFAULT_LAB}")

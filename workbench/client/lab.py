@@ -1,0 +1,220 @@
+"""The Python API of a lab: ``wb.Lab``.
+
+A ``Lab`` is a client of the lab's agent (DESIGN §2): a notebook kernel, the
+CLI and a second notebook all see the same lab. Nothing here calls pyroute2
+directly, so it is safe inside Jupyter's asyncio loop.
+
+Example::
+
+    import workbench as wb
+
+    with wb.Lab.up() as lab:                      # the star-wars demo
+        print(lab.exec("xwing", "curl -s -XPOST deathstar.default.svc.cluster.local/v1/request-landing"))
+        lab.endpoints                             # DataFrame
+        assert lab.connectivity_test().exit_code == 0
+    # leaving the block ran lab.down()
+"""
+
+from __future__ import annotations
+
+import html
+import shlex
+import warnings
+from pathlib import Path
+from typing import Any
+
+from workbench.client.connectivity import ConnectivityReport, Expectation, run_connectivity_test
+from workbench.client.execution import ExecResult, exec_in_pod
+from workbench.client.lifecycle import lab_status, start_lab, stop_lab
+from workbench.client.transport import AgentClient
+from workbench.lab.ipam import DEFAULT_POD_CIDR, DEFAULT_SERVICE_CIDR
+from workbench.lab.manifests import LabSpec, parse_manifests, read_manifest_files
+from workbench.lab.names import DEFAULT_LAB, check_lab_name
+
+
+def _spec_from(manifests: str | Path | list[str | Path] | None) -> LabSpec:
+    """File paths, YAML text, or a list of either (None: the demo)."""
+    if manifests is None:
+        return read_manifest_files([])
+    from workbench.errors import NotFoundError
+
+    texts: list[tuple[str, str]] = []
+    for index, item in enumerate(manifests if isinstance(manifests, list) else [manifests]):
+        if isinstance(item, str) and ("\n" in item or item.lstrip().startswith(("apiVersion", "kind", "---"))):
+            texts.append((f"manifest {index}", item))
+            continue
+        path = Path(item)
+        if not path.is_file():
+            raise NotFoundError(f"manifest {path} does not exist")
+        texts.append((path.name, path.read_text()))
+    return parse_manifests(texts)
+
+
+class Lab:
+    """A running lab, seen through its agent.
+
+    Create one with :meth:`Lab.up` or attach to a running one with
+    :meth:`Lab.connect`. As a context manager, leaving the block removes the lab.
+    """
+
+    def __init__(self, name: str = DEFAULT_LAB, *, warnings: list[str] | None = None) -> None:
+        self.name = check_lab_name(name)
+        self.warnings: list[str] = warnings or []
+        self._client = AgentClient(name)
+
+    # ----- lifecycle --------------------------------------------------------
+    @classmethod
+    def up(cls, manifests: str | Path | list[str | Path] | None = None, name: str = DEFAULT_LAB, *,
+           pod_cidr: str = DEFAULT_POD_CIDR, service_cidr: str = DEFAULT_SERVICE_CIDR,
+           flow_capacity: int = 4095, metrics_port: int = 0, archive_dir: str | None = None) -> Lab:
+        """Create the lab (default: the star-wars demo), or connect when it is already up.
+
+        ``manifests``: file paths, YAML text, or a list of them. Invalid
+        manifests raise ValidationError before anything is created.
+        ``flow_capacity``: flows the agent keeps; ``metrics_port``: Prometheus
+        /metrics on 127.0.0.1 (0: any free port, see ``lab.status()``);
+        ``archive_dir``: archive all flows continuously as parquet files.
+
+        Example::
+
+            lab = wb.Lab.up("my-app.yaml", name="demo", pod_cidr="10.10.0.0/16")
+        """
+        spec = _spec_from(manifests)
+        from workbench.cli.lab import observe_options
+
+        outcome = start_lab(spec, name, pod_cidr=pod_cidr, service_cidr=service_cidr,
+                            observe=observe_options(flow_capacity, metrics_port, archive_dir))
+        lab = cls(name, warnings=list(outcome.warnings))
+        if outcome.already_up:
+            lab.warnings.append(f"lab {name} was already up; connected to it (manifests not applied)")
+        for message in lab.warnings:     # shown under the notebook cell
+            warnings.warn(message, UserWarning, stacklevel=2)
+        return lab
+
+    @classmethod
+    def connect(cls, name: str = DEFAULT_LAB) -> Lab:
+        """Attach to a running lab; NotFoundError when it is not up.
+
+        Example::
+
+            lab = wb.Lab.connect()      # the lab `workbench lab up` started
+        """
+        lab = cls(name)
+        lab._client.call("agent.ping")
+        return lab
+
+    def down(self) -> list[str]:
+        """Remove the lab and everything it created (idempotent)."""
+        return stop_lab(self.name)
+
+    def __enter__(self) -> Lab:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.down()
+
+    # ----- views ------------------------------------------------------------
+    def status(self) -> dict[str, Any]:
+        """The agent's status (pods, services, CIDRs, build time), or status "down"/"broken"."""
+        return lab_status(self.name)
+
+    @property
+    def endpoints(self) -> Any:
+        """One row per pod: id, identity, labels, ipv4, pod, namespace, enforcement, app, lxc, ifindex."""
+        from workbench.cli.lab import endpoints_frame
+
+        return endpoints_frame(self._client.call("endpoint.list"))
+
+    @property
+    def services(self) -> Any:
+        """One row per ClusterIP service: name, namespace, cluster_ip, ports, selector, backends."""
+        from workbench.cli.lab import services_frame
+
+        return services_frame(self._client.call("service.list"))
+
+    @property
+    def identities(self) -> Any:
+        """Security identities (reserved ones first) and their labels."""
+        import pandas as pd
+
+        return pd.DataFrame(self._client.call("identity.list"), columns=["id", "labels"])
+
+    @property
+    def policy(self) -> Any:
+        """Policies of this lab: ``apply``, ``get``, ``delete``, ``audit``, ``explain`` and the live ``map``."""
+        from workbench.client.policy import LabPolicy
+
+        return LabPolicy(self._client)
+
+    # ----- observe (Hubble) ----------------------------------------------------
+    def flows(self, **filters: Any) -> Any:
+        """Flows as a DataFrame with DESIGN §6 columns; filters as `hubble observe`.
+
+        ``attrs["lost_events"]`` counts events the datapath or the reader lost.
+
+        Example::
+
+            lab.flows(verdict="DROPPED", from_pod="xwing", last=20)
+        """
+        from workbench.client.flows import agent_flows
+
+        return agent_flows(self.name, **filters)
+
+    def observe(self, **options: Any) -> Any:
+        """The live dashboard widget (flows/s by verdict, drops by reason, top talkers, latest flows)."""
+        from workbench.client.flows import lab_dashboard
+
+        return lab_dashboard(self.name, **options)
+
+    def service_map(self, **filters: Any) -> Any:
+        """A plotly graph of pods and services, edges coloured by verdict with counts."""
+        from workbench.client.flows import lab_service_map
+
+        return lab_service_map(self.name, **filters)
+
+    def metrics(self) -> Any:
+        """The lab's Prometheus metrics (Hubble's names) as a DataFrame."""
+        from workbench.client.flows import lab_metrics
+
+        return lab_metrics(self.name)
+
+    def call(self, method: str, **params: Any) -> Any:
+        """Call a local API method of the agent (e.g. ones the policy layer registers)."""
+        return self._client.call(method, **params)
+
+    # ----- actions ----------------------------------------------------------
+    def exec(self, pod: str, cmd: str | list[str], *, input: str | None = None,
+             timeout: float | None = 60.0, check: bool = False) -> ExecResult:
+        """Run ``cmd`` in ``pod`` (or ``deploy/NAME``): its netns, cgroup and /etc/hosts.
+
+        A string is split like a shell would. ``check=True`` raises when the
+        exit code is not 0.
+
+        Example::
+
+            >>> lab.exec("xwing", "curl -s -XPOST deathstar.default.svc.cluster.local/v1/request-landing").stdout
+            'Ship landed\\n'
+        """
+        from workbench.errors import WorkbenchError
+
+        command = shlex.split(cmd) if isinstance(cmd, str) else list(cmd)
+        result = exec_in_pod(self.name, pod, command, input=input, timeout=timeout)
+        if check and result.exit_code != 0:
+            raise WorkbenchError(f"`{' '.join(command)}` in {result.pod} exited with {result.exit_code}: "
+                                 f"{result.stderr.strip()[-200:]}")
+        return result
+
+    def connectivity_test(self, expect: Expectation | None = None) -> ConnectivityReport:
+        """Probe pod->pod, pod->service and pod->world over TCP and UDP; ``.exit_code`` 1 on surprises."""
+        return run_connectivity_test(self.name, expect)
+
+    def __repr__(self) -> str:
+        return f"Lab(name={self.name!r})"
+
+    def _repr_html_(self) -> str:
+        status = self.status()
+        head = (f"<b>Lab {html.escape(self.name)}</b>: {html.escape(str(status.get('status')))}"
+                + (f", {status['pods']} pods, {status['services']} services" if "pods" in status else ""))
+        if status.get("status") != "ready":
+            return f"<div>{head}</div>"
+        return f"<div>{head}{self.endpoints.to_html(index=False)}{self.services.to_html(index=False)}</div>"

@@ -1,0 +1,152 @@
+"""``lab.policy``: the Python face of the agent's policy layer.
+
+Documents are validated here first (pure, no kernel), so a bad file is named
+in the error before the agent is even asked; the agent validates again and
+compiles before it writes anything.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from workbench.client.transport import AgentClient
+from workbench.errors import ValidationError
+from workbench.policy import load_documents
+
+BPF_POLICY_COLUMNS = ["endpoint", "pod", "direction", "identity", "labels", "protocol", "port", "port_end",
+                      "action", "match_type", "proxy_port", "packets", "bytes", "rules"]
+POLICY_COLUMNS = ["name", "namespace", "kind", "entries"]
+
+
+def policy_text(source: str | Path | dict[str, Any] | list[Any]) -> tuple[str, str]:
+    """(YAML/JSON text, source label) from a path, YAML text, a dict or a list of those; validated."""
+    if isinstance(source, dict):
+        items: list[Any] = [source]
+    elif isinstance(source, list):
+        items = source
+    else:
+        items = [source]
+    texts, labels = [], []
+    for item in items:
+        if isinstance(item, dict):
+            load_documents(item)
+            texts.append(json.dumps(item))
+            labels.append("dict")
+        elif isinstance(item, Path) or (isinstance(item, str) and "\n" not in item and Path(item).is_file()):
+            path = Path(item)
+            load_documents(path)  # errors start with the file name
+            texts.append(path.read_text())
+            labels.append(path.name)
+        else:
+            load_documents(str(item))
+            texts.append(str(item))
+            labels.append("text")
+    return "\n---\n".join(texts), ", ".join(labels)
+
+
+class PolicyMapFrame(pd.DataFrame):
+    """The live policy map as a DataFrame, with methods that edit the map itself.
+
+    Example::
+
+        >>> m = lab.policy.map                                                  # doctest: +SKIP
+        >>> m.allow("deathstar-...", "ingress", peer="xwing", protocol="TCP", port=80)  # doctest: +SKIP
+    """
+
+    _metadata = ["_policy"]
+
+    @property
+    def _constructor(self) -> type[pd.DataFrame]:
+        return pd.DataFrame
+
+    def allow(self, pod: str, direction: str, peer: int | str = 0, protocol: str = "ANY", port: int = 0,
+              end_port: int | None = None) -> Any:
+        """Add an allow entry; ``peer`` is an identity, a pod name, or world/host/any."""
+        return self._policy._edit("allow", pod, direction, peer, protocol, port, end_port)
+
+    def deny(self, pod: str, direction: str, peer: int | str = 0, protocol: str = "ANY", port: int = 0,
+             end_port: int | None = None) -> Any:
+        """Add a deny entry (it wins over any allow it covers)."""
+        return self._policy._edit("deny", pod, direction, peer, protocol, port, end_port)
+
+    def remove(self, pod: str, direction: str, peer: int | str = 0, protocol: str = "ANY", port: int = 0,
+               end_port: int | None = None) -> Any:
+        """Remove the entries with exactly these keys."""
+        return self._policy._edit("remove", pod, direction, peer, protocol, port, end_port)
+
+
+def audit_switch(on: bool | str) -> bool:
+    """True/False from a bool or the words "on"/"off" (any other value is a ValidationError)."""
+    if isinstance(on, bool):
+        return on
+    if isinstance(on, str) and on.strip().lower() in ("on", "off"):
+        return on.strip().lower() == "on"
+    raise ValidationError(f"audit mode must be True/False or 'on'/'off', not {on!r}")
+
+
+class LabPolicy:
+    """Policies of one lab. Obtained as ``lab.policy``.
+
+    Example::
+
+        >>> lab.policy.apply("rule1.yaml")          # doctest: +SKIP
+        >>> lab.policy.get()                         # doctest: +SKIP
+        >>> lab.policy.map.deny("xwing", "egress", peer="world")   # doctest: +SKIP
+        >>> lab.policy.delete(all=True)              # doctest: +SKIP
+    """
+
+    def __init__(self, client: AgentClient) -> None:
+        self._client = client
+
+    def apply(self, source: str | Path | dict[str, Any] | list[Any], *, dry_run: bool = False,
+              audit: bool = False) -> dict[str, Any]:
+        """Apply CiliumNetworkPolicy / NetworkPolicy documents: all of them or none.
+
+        ``dry_run`` shows which endpoints and entries would change and applies
+        nothing; ``audit`` applies and puts the endpoints the documents select
+        into audit mode (their policy drops pass, reported as AUDIT).
+        """
+        text, label = policy_text(source)
+        return dict(self._client.call("policy.apply", text=text, source=label, dry_run=dry_run, audit=audit))
+
+    def get(self) -> pd.DataFrame:
+        """The applied policies: name, namespace, kind, and how many map entries each produced."""
+        return pd.DataFrame(self._client.call("policy.get"), columns=POLICY_COLUMNS + ["raw"])
+
+    def delete(self, *names: str, all: bool = False) -> list[str]:
+        """Delete policies by name (or namespace/name), or all of them."""
+        return list(self._client.call("policy.delete", names=list(names), all=all)["deleted"])
+
+    def audit(self, on: bool | str = True, pod: str | None = None) -> dict[str, Any]:
+        """Audit mode: policy drops pass and are reported with verdict AUDIT.
+
+        ``on`` is True/False or the CLI's words "on"/"off"; anything else is refused.
+
+        Example::
+
+            lab.policy.audit("off")            # enforce again, on every endpoint
+            lab.policy.audit(True, pod="deathstar")
+        """
+        return dict(self._client.call("policy.audit", on=audit_switch(on), pod=pod))
+
+    def explain(self, pod: str | None = None, direction: str | None = None) -> pd.DataFrame:
+        """What the compiled policy means, entry by entry, with the policies that produced each."""
+        from workbench.policy.views import COLUMNS
+
+        return pd.DataFrame(self._client.call("policy.explain", pod=pod, direction=direction), columns=COLUMNS)
+
+    @property
+    def map(self) -> PolicyMapFrame:
+        """The live policy map (like `cilium bpf policy get`), with packet and byte counters."""
+        frame = PolicyMapFrame(pd.DataFrame(self._client.call("bpf.policy.get"), columns=BPF_POLICY_COLUMNS))
+        frame._policy = self
+        return frame
+
+    def _edit(self, op: str, pod: str, direction: str, peer: int | str, protocol: str, port: int,
+              end_port: int | None) -> Any:
+        return self._client.call("policy.map.edit", op=op, pod=pod, direction=direction, peer=peer,
+                                 protocol=protocol, port=port, end_port=end_port)

@@ -1,0 +1,143 @@
+"""The lab's network: a node netns, one netns per pod, a "world" netns.
+
+Safety (DESIGN §3): nothing here touches the machine's own netns. The node
+netns has no link to it at all; forwarding is enabled inside the node netns
+only; pods route only the lab's CIDRs, through a link-local gateway address
+that sits on every lxc device (the node answers ARP for it), so a pod can
+never reach anything but the lab.
+
+    pod netns  eth0 10.244.0.x/32 --veth-- lxc<hash> (169.254.1.1/32)  node netns
+    world netns eth0 192.0.2.10/24 --veth-- world0 192.0.2.1/24         node netns
+
+Runs in the agent (pyroute2 is fine there: no asyncio loop).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+from pyroute2 import IPRoute
+
+from workbench.lab.ipam import POD_GATEWAY, WORLD_CIDR, WORLD_GATEWAY, WORLD_HOST
+from workbench.node import netlink, system
+from workbench.node.inventory import ETC_NETNS
+
+WORLD_LINK = "world0"
+
+
+def netns_prefix(lab: str) -> str:
+    """Every netns of the lab starts with this (lab names contain no '-', so it is unambiguous)."""
+    return f"{system.NETNS_PREFIX}{lab}-"
+
+
+def node_netns(lab: str) -> str:
+    return f"{netns_prefix(lab)}node"
+
+
+def world_netns(lab: str) -> str:
+    return f"{netns_prefix(lab)}world"
+
+
+def pod_netns(lab: str, pod: str) -> str:
+    return f"{netns_prefix(lab)}{pod}"
+
+
+def lxc_name(lab: str, pod: str) -> str:
+    """lxc + 11 hex chars: unique per (lab, pod) and within the 15-char interface name limit."""
+    return "lxc" + hashlib.sha256(f"{lab}/{pod}".encode()).hexdigest()[:11]
+
+
+def _sysctl(netns: str, key: str, value: str) -> None:
+    # /proc/sys/net follows the netns of the calling thread, which in_netns switches.
+    with netlink.in_netns(netns):
+        Path("/proc/sys", *key.split(".")).write_text(value)
+
+
+def _create_ipv4_only_netns(name: str) -> None:
+    """A netns whose new devices get no IPv6: the lab is IPv4, and router solicitations and
+    DAD packets would only be noise in the flows."""
+    netlink.create_netns(name)
+    with netlink.in_netns(name):
+        for key in ("all", "default"):
+            Path(f"/proc/sys/net/ipv6/conf/{key}/disable_ipv6").write_text("1")
+
+
+def create_node(lab: str) -> None:
+    """The node netns with forwarding on (inside it only)."""
+    name = node_netns(lab)
+    _create_ipv4_only_netns(name)
+    _sysctl(name, "net.ipv4.ip_forward", "1")
+
+
+def create_world(lab: str, routed_cidrs: list[str]) -> None:
+    """The lab's stand-in for the internet: 192.0.2.10 behind the node's world0 link."""
+    node, world = node_netns(lab), world_netns(lab)
+    _create_ipv4_only_netns(world)
+    with IPRoute(netns=node) as ipr:
+        if not ipr.link_lookup(ifname=WORLD_LINK):
+            ipr.link("add", ifname=WORLD_LINK, kind="veth", peer={"ifname": "eth0", "net_ns_fd": world})
+        index = netlink.link_index(ipr, WORLD_LINK)
+        ipr.addr("replace", index=index, address=WORLD_GATEWAY, prefixlen=24)
+        ipr.link("set", index=index, state="up")
+    with IPRoute(netns=world) as ipr:
+        index = netlink.link_index(ipr, "eth0")
+        ipr.addr("replace", index=index, address=WORLD_HOST, prefixlen=24)
+        ipr.link("set", index=index, state="up")
+        for cidr in routed_cidrs:
+            ipr.route("replace", dst=cidr, gateway=WORLD_GATEWAY)
+
+
+def create_pod_network(lab: str, pod: str, ipv4: str, routed_cidrs: list[str]) -> int:
+    """Pod netns + veth pair + routes; returns the lxc ifindex in the node netns."""
+    node, netns, lxc = node_netns(lab), pod_netns(lab, pod), lxc_name(lab, pod)
+    _create_ipv4_only_netns(netns)
+    with IPRoute(netns=node) as ipr:
+        if not ipr.link_lookup(ifname=lxc):
+            ipr.link("add", ifname=lxc, kind="veth", peer={"ifname": "eth0", "net_ns_fd": netns})
+        index = netlink.link_index(ipr, lxc)
+        ipr.addr("replace", index=index, address=POD_GATEWAY, prefixlen=32)
+        ipr.link("set", index=index, state="up")
+        ipr.route("replace", dst=f"{ipv4}/32", oif=index, scope=253)   # scope link: on this veth
+    with IPRoute(netns=netns) as ipr:
+        eth0 = netlink.link_index(ipr, "eth0")
+        ipr.addr("replace", index=eth0, address=ipv4, prefixlen=32)
+        ipr.link("set", index=eth0, state="up")
+        ipr.route("replace", dst=f"{POD_GATEWAY}/32", oif=eth0, scope=253)
+        for cidr in routed_cidrs:
+            ipr.route("replace", dst=cidr, gateway=POD_GATEWAY, oif=eth0, prefsrc=ipv4)
+    return index
+
+
+def remove_pod_network(lab: str, pod: str) -> None:
+    """The netns goes, and its veth pair with it."""
+    netlink.remove_netns(pod_netns(lab, pod))
+    remove_hosts(pod_netns(lab, pod))
+
+
+def lab_cidrs(pod_cidr: str, service_cidr: str) -> list[str]:
+    """The only destinations a pod has routes for."""
+    return [pod_cidr, service_cidr, WORLD_CIDR]
+
+
+def write_hosts(netns: str, entries: list[tuple[str, list[str]]]) -> None:
+    """/etc/netns/<netns>/hosts (bind-mounted over /etc/hosts by `ip netns exec`) and a resolv.conf
+    without reachable servers, so lookups of unknown names fail at once instead of leaving the lab."""
+    directory = ETC_NETNS / netns
+    directory.mkdir(parents=True, exist_ok=True)
+    lines = ["127.0.0.1\tlocalhost", "::1\tlocalhost ip6-localhost ip6-loopback"]
+    lines += [f"{address}\t{' '.join(names)}" for address, names in entries]
+    (directory / "hosts").write_text("\n".join(lines) + "\n")
+    (directory / "resolv.conf").write_text(
+        "# eBPF Workbench lab: no DNS server; services resolve through /etc/hosts\n"
+        "nameserver 127.0.0.1\noptions timeout:1 attempts:1\n")
+
+
+def remove_hosts(netns: str) -> None:
+    directory = ETC_NETNS / netns
+    for child in directory.glob("*"):
+        child.unlink(missing_ok=True)
+    try:
+        directory.rmdir()
+    except FileNotFoundError:
+        pass
