@@ -5,11 +5,13 @@ from typing import Any
 
 import pytest
 
-from workbench.agent.flows import setup
+from workbench.agent.api import LocalAPI
+from workbench.agent.flows import FlowService, ObserveOptions
 from workbench.errors import ValidationError
 from workbench.lab.model import Identity
-from workbench.observe import render, synthetic
+from workbench.observe import synthetic
 from workbench.observe.archive import load_parquet
+from workbench.observe.ipc import from_ipc
 from workbench.observe.metrics import metric_value, metrics_frame
 from workbench.observe.synthetic import DEATHSTAR, DEATHSTAR_SVC, TIEFIGHTER, XWING
 
@@ -20,39 +22,36 @@ class Identities:
 
 
 @dataclass
-class FakeAgent:
-    """Only the agent's extension points: methods, observers, and its model objects."""
+class Inventory:
+    """What the flow service reads from the agent's LabContext."""
 
-    lab: str = "unit"
-    dir: str = "/nonexistent"
     endpoints: dict[str, Any] = field(default_factory=dict)
     services: list[Any] = field(default_factory=list)
     identities: Identities = field(default_factory=Identities)
-    methods: dict[str, Any] = field(default_factory=dict)
-    observers: list[Any] = field(default_factory=list)
-    status_extras: list[Any] = field(default_factory=list)
 
-    def register_method(self, name, fn):
-        self.methods[name] = fn
 
-    def add_endpoint_observer(self, obs):
-        self.observers.append(obs)
-        for ep in self.endpoints.values():
-            obs.attach_endpoint(ep)
+class Harness:
+    """The flow service with its methods served through the agent's LocalAPI (strict parameter types)."""
+
+    def __init__(self) -> None:
+        self.inventory = Inventory()
+        self.flows = FlowService("wb-unit-node", self.inventory, ObserveOptions())
+        self.api = LocalAPI()
+        for name, fn in self.flows.methods().items():
+            self.api.register(name, fn)
+        self.methods = self.api.methods
 
 
 @pytest.fixture
 def agent():
-    a = FakeAgent()
-    service = setup(a)
-    a.services.append(DEATHSTAR_SVC)
+    a = Harness()
+    a.inventory.services.append(DEATHSTAR_SVC)
     for ep in (XWING, TIEFIGHTER, DEATHSTAR):
-        a.endpoints[ep.pod] = ep
-        for obs in a.observers:
-            obs.attach_endpoint(ep)
-    service.store.ingest(synthetic.random_events(300, seed=5))
+        a.inventory.endpoints[ep.pod] = ep
+        a.flows.attach_endpoint(ep)
+    a.flows.store.ingest(synthetic.random_events(300, seed=5))
     yield a
-    service.close()
+    a.flows.close()
 
 
 def test_methods_are_registered(agent):
@@ -62,13 +61,13 @@ def test_methods_are_registered(agent):
 
 def test_query_filters_in_the_agent_and_follows_by_seq(agent):
     reply = agent.methods["flows.query"](filters={"verdict": "DROPPED", "from_pod": "xwing"})
-    frame = render.read_json_lines(reply["jsonl"])
+    frame = from_ipc(reply.payload)
     assert len(frame) > 0 and set(frame.verdict) == {"DROPPED"} and set(frame.src_pod) == {"xwing"}
     assert (frame.dst_service.dropna() == "deathstar").all()
-    seq = reply["seq"]
-    assert render.read_json_lines(agent.methods["flows.query"](after=seq)["jsonl"]).empty
+    seq = reply.meta["seq"]
+    assert from_ipc(agent.methods["flows.query"](after=seq).payload).empty
     agent.flows.store.ingest(synthetic.random_events(7, seed=6))
-    assert len(render.read_json_lines(agent.methods["flows.query"](after=seq)["jsonl"])) == 7
+    assert len(from_ipc(agent.methods["flows.query"](after=seq).payload)) == 7
 
 
 def test_unknown_pod_lists_the_lab_pods(agent):
@@ -92,7 +91,7 @@ def test_metrics_text_and_status(agent):
     assert metric_value(m, "hubble_lost_events_total") == 4
     status = agent.methods["flows.status"]()
     assert status["seen"] == 300 and status["lost_events"] == 4 and status["reading"] is False
-    lab_status = {k: v for extra in agent.status_extras for k, v in extra().items()}
+    lab_status = agent.flows.status_fields()
     assert lab_status == {"flow_capacity": agent.flows.store.capacity, "metrics": None}
 
 

@@ -1,62 +1,95 @@
-"""The observe layer inside the lab agent (an AGENT_PLUGINS module: ``setup(agent)``).
+"""The flow service of the lab agent (Hubble's part of it).
 
-It keeps the agent's flow store: an endpoint observer feeds the enrichment
+It keeps the agent's flow store: as an endpoint observer it feeds the enrichment
 context, a reader thread drains the datapath's ring buffer in bulk
 (:class:`RingReader`) and polls its lost-event and packet counters, and the
 local API gets these methods:
 
-- ``flows.query(filters={}, after=None)`` -> ``{"jsonl", "seq", "lost_events"}``
+- ``flows.query(filters={}, after=None)`` -> ``{"seq", "lost_events"}`` + the flows as Arrow IPC bytes
 - ``flows.export(path, filters={})`` -> ``{"path", "rows"}``
 - ``flows.archive(directory, rotate_seconds=3600, rotate_rows=1000000)`` -> ``{"directory"}``
 - ``flows.status()`` -> capacity, stored, seen, lost, metrics port
 - ``metrics.text()`` -> the Prometheus exposition
 - ``metrics.serve(port=0)`` -> ``{"port"}`` (127.0.0.1 only)
 
-Options come from the lab's config.json key "observe": ``capacity`` (default
-4095), ``metrics_port`` (serve /metrics from the start), ``archive_dir``.
+Options (:class:`ObserveOptions`) come from ``lab up``: capacity, a metrics
+port to serve /metrics from the start, an archive directory.
 """
 
 from __future__ import annotations
 
-import json
 import threading
 import time
 import traceback
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
+from workbench.datapath.loader import Datapath
 from workbench.datapath.ringreader import RingReader
 from workbench.errors import ValidationError
-from workbench.lab.model import Endpoint
+from workbench.lab.identity import IdentityAllocator
+from workbench.lab.model import Endpoint, Service
 from workbench.observe.archive import ContinuousArchiver, export_parquet
 from workbench.observe.enrich import EnrichmentContext
 from workbench.observe.filters import flows
-from workbench.observe.render import to_json_lines
+from workbench.observe.ipc import to_ipc
 from workbench.observe.store import DEFAULT_CAPACITY, FlowStore
+from workbench.wire import BinaryReply
 
 COUNTER_INTERVAL = 1.0
 CLOCK_INTERVAL = 60.0  # re-measure ktime -> wall clock (NTP may step the wall clock)
 
 
-class FlowService:
-    """Flow store + ring reader + API methods of one agent."""
+@dataclass(frozen=True)
+class ObserveOptions:
+    """The lab's flow options from ``lab up`` (config.json key "observe")."""
 
-    def __init__(self, agent: Any, options: dict[str, Any] | None = None) -> None:
-        options = options or {}
-        self.agent = agent
-        self.context = EnrichmentContext(node_name=f"wb-{agent.lab}-node")
-        self.store = FlowStore(int(options.get("capacity", DEFAULT_CAPACITY)), self.context)
+    capacity: int = DEFAULT_CAPACITY
+    metrics_port: int | None = None
+    archive_dir: str | None = None
+
+    @classmethod
+    def from_config(cls, value: Any) -> ObserveOptions:
+        if not isinstance(value, dict):
+            return cls()
+        port = value.get("metrics_port")
+        return cls(capacity=int(value.get("capacity", DEFAULT_CAPACITY)),
+                   metrics_port=None if port is None else int(port),
+                   archive_dir=str(value["archive_dir"]) if value.get("archive_dir") else None)
+
+
+class LabInventory(Protocol):
+    """What the flow service reads to enrich flows (the agent's LabContext fits)."""
+
+    endpoints: dict[str, Endpoint]
+    services: list[Service]
+    identities: IdentityAllocator
+
+
+class FlowService:
+    """Flow store + ring reader + API methods of one agent.
+
+    ``datapath`` None: no ring to read (flows are ingested directly, as unit tests do).
+    """
+
+    def __init__(self, node_name: str, inventory: LabInventory, options: ObserveOptions,
+                 datapath: Datapath | None = None) -> None:
+        self.inventory = inventory
+        self.datapath = datapath
+        self.context = EnrichmentContext(node_name=node_name)
+        self.store = FlowStore(options.capacity, self.context)
         self.reader: RingReader | None = None
-        self.datapath: Any = None
         self.archiver: ContinuousArchiver | None = None
         self.metrics_port: int | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._signature: tuple[int, int, int] = (-1, -1, -1)
-        if options.get("metrics_port") is not None:
-            self.metrics_port = self.store.metrics.serve(int(options["metrics_port"]))
-        if options.get("archive_dir"):
-            self.archive(str(options["archive_dir"]))
+        if options.metrics_port is not None:
+            self.metrics_port = self.store.metrics.serve(options.metrics_port)
+        if options.archive_dir:
+            self.archive(options.archive_dir)
 
     # -- endpoint observer -----------------------------------------------------------------------
     def attach_endpoint(self, ep: Endpoint) -> None:
@@ -68,35 +101,20 @@ class FlowService:
         self.sync_context(force=True)
 
     def sync_context(self, force: bool = False) -> None:
-        """Copy the agent's endpoints, identities and services into the enrichment context if they changed."""
-        endpoints = list(getattr(self.agent, "endpoints", {}).values())
-        services = list(getattr(self.agent, "services", []))
-        allocator = getattr(self.agent, "identities", None)
-        identities = list(allocator.all()) if allocator is not None else []
+        """Copy the lab's endpoints, identities and services into the enrichment context if they changed."""
+        endpoints = list(self.inventory.endpoints.values())
+        services = list(self.inventory.services)
+        identities = list(self.inventory.identities.all())
         signature = (len(endpoints), len(services), len(identities))
         if force or signature != self._signature:
             self._signature = signature
             self.context.update(endpoints=endpoints, identities=identities, services=services)
 
     # -- reading the datapath ---------------------------------------------------------------------
-    def find_datapath(self) -> Any:
-        """The agent's Datapath: ``agent.datapath`` or an endpoint observer with an ``events`` ring."""
-        candidates = [getattr(self.agent, "datapath", None), *getattr(self.agent, "observers", [])]
-        for obj in candidates:
-            bpf = getattr(obj, "bpf", None)
-            if bpf is not None and callable(getattr(obj, "lost_events", None)):
-                try:
-                    bpf[b"events"]
-                except KeyError:
-                    continue
-                return obj
-        return None
-
     def start(self) -> None:
         """Start the reader thread (idempotent); without a datapath it only keeps the context fresh."""
         if self._thread is not None:
             return
-        self.datapath = self.find_datapath()
         if self.datapath is not None:
             self.reader = RingReader(self.datapath.bpf[b"events"].map_fd)
         self._thread = threading.Thread(target=self._run, name="flow-reader", daemon=True)
@@ -130,24 +148,22 @@ class FlowService:
         if self.datapath is None:
             return
         self.store.set_datapath_lost(int(self.datapath.lost_events()))
-        metrics = getattr(self.datapath, "metrics", None)
-        if callable(metrics):
-            frame = metrics()
-            counters: dict[str, float] = {}
-            for row in frame.itertuples(index=False):
-                base = f"{str(row.verdict).lower()}_{str(row.direction).lower()}_{int(row.drop_reason)}"
-                counters[f"{base}_packets"] = counters.get(f"{base}_packets", 0.0) + float(row.packets)
-                counters[f"{base}_bytes"] = counters.get(f"{base}_bytes", 0.0) + float(row.bytes)
-            self.store.set_datapath_counters(counters)
+        counters: dict[str, float] = {}
+        for row in self.datapath.metrics().itertuples(index=False):
+            base = f"{str(row.verdict).lower()}_{str(row.direction).lower()}_{int(row.drop_reason)}"
+            counters[f"{base}_packets"] = counters.get(f"{base}_packets", 0.0) + float(row.packets)
+            counters[f"{base}_bytes"] = counters.get(f"{base}_bytes", 0.0) + float(row.bytes)
+        self.store.set_datapath_counters(counters)
 
     # -- API methods --------------------------------------------------------------------------------
-    def query(self, filters: dict[str, Any] | None = None, after: int | None = None) -> dict[str, Any]:
+    def query(self, filters: dict[str, Any] | None = None, after: int | None = None) -> BinaryReply:
+        """The stored flows after ``after`` (a seq), filtered; binary: dtypes cross the socket untouched."""
         frame = self.store.frame(after=after)
         frame.attrs["known_pods"] = self.store.known_pods()
         result = flows(frame, **(filters or {}))
-        result.attrs.pop("known_pods", None)
-        return {"jsonl": to_json_lines(result), "seq": int(frame.attrs["seq"]),
-                "lost_events": self.store.lost_events}
+        meta = {"seq": int(frame.attrs["seq"]), "lost_events": self.store.lost_events}
+        result.attrs = dict(meta)
+        return BinaryReply(meta, to_ipc(result))
 
     def export(self, path: str, filters: dict[str, Any] | None = None) -> dict[str, Any]:
         if not Path(path).is_absolute():
@@ -174,13 +190,18 @@ class FlowService:
         self.metrics_port = self.store.metrics.serve(int(port))
         return {"port": self.metrics_port}
 
-    def register(self, agent: Any) -> None:
-        agent.register_method("flows.query", self.query)
-        agent.register_method("flows.export", self.export)
-        agent.register_method("flows.archive", self.archive)
-        agent.register_method("flows.status", self.status)
-        agent.register_method("metrics.text", lambda: self.store.metrics.exposition().decode())
-        agent.register_method("metrics.serve", self.serve_metrics)
+    def metrics_text(self) -> str:
+        return self.store.metrics.exposition().decode()
+
+    def status_fields(self) -> dict[str, Any]:
+        """What this service adds to `lab status`."""
+        return {"flow_capacity": self.store.capacity,
+                "metrics": f"http://127.0.0.1:{self.metrics_port}/metrics" if self.metrics_port else None}
+
+    def methods(self) -> dict[str, Callable[..., Any]]:
+        """The local API methods of this service."""
+        return {"flows.query": self.query, "flows.export": self.export, "flows.archive": self.archive,
+                "flows.status": self.status, "metrics.text": self.metrics_text, "metrics.serve": self.serve_metrics}
 
     def close(self) -> None:
         """Stop reading, flush the archive, stop the metrics server (idempotent)."""
@@ -193,24 +214,3 @@ class FlowService:
         if self.archiver is not None:
             self.archiver.close()
         self.store.metrics.stop()
-
-
-def _options(agent: Any) -> dict[str, Any]:
-    try:
-        config = json.loads((Path(agent.dir) / "config.json").read_text())
-    except (OSError, ValueError, AttributeError):
-        return {}
-    value = config.get("observe", {})
-    return value if isinstance(value, dict) else {}
-
-
-def setup(agent: Any) -> FlowService:
-    """Called by the agent (AGENT_PLUGINS) before pods are created."""
-    service = FlowService(agent, _options(agent))
-    service.register(agent)
-    agent.flows = service
-    agent.status_extras.append(lambda: {
-        "flow_capacity": service.store.capacity,
-        "metrics": f"http://127.0.0.1:{service.metrics_port}/metrics" if service.metrics_port else None})
-    agent.add_endpoint_observer(service)
-    return service

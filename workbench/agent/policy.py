@@ -1,25 +1,25 @@
-"""The policy layer inside the agent: documents -> compiler -> datapath, served over the local API.
+"""The policy service of the lab agent: documents -> compiler -> datapath, served over the local API.
 
-Plugged in through ``workbench.agent.AGENT_PLUGINS``. It owns the lab's
-:class:`~workbench.datapath.loader.Datapath` (TC programs on every lxc), keeps
-the applied documents (persisted in the lab's state dir), recompiles when
-policies or endpoints change, and swaps the policy map atomically. Every
-method validates and compiles before touching the kernel, so bad input
-leaves the previous policy in force.
+It writes the policy map of the lab's :class:`~workbench.datapath.loader.Datapath`
+(which the agent owns), keeps the applied documents (persisted in the lab's
+state dir), recompiles when policies or endpoints change, and swaps the
+policy map atomically. Every method validates and compiles before touching
+the kernel, so bad input leaves the previous policy in force.
 """
 
 from __future__ import annotations
 
 import json
 import threading
+from collections.abc import Callable
 from typing import Any
 
+from workbench.agent.context import LabContext
 from workbench.datapath import build
 from workbench.datapath.loader import Datapath
 from workbench.errors import NotFoundError, ValidationError
-from workbench.lab.ipam import POD_GATEWAY, WORLD_CIDR, WORLD_GATEWAY
+from workbench.lab.ipam import BASE_IPCACHE
 from workbench.lab.model import ID_HOST, ID_WORLD, PROTOCOLS, Endpoint, Identity
-from workbench.node import topology
 from workbench.policy import compile_policies, diff, explain, load_documents
 from workbench.policy.compiler import CompiledPolicy
 from workbench.policy.evaluate import cidr_identity, connection_allowed
@@ -32,31 +32,30 @@ RESERVED_NAMES = {"host": ID_HOST, "world": ID_WORLD, "reserved:host": ID_HOST, 
 class PolicyService:
     """Applied policy of one lab (one per agent)."""
 
-    def __init__(self, agent: Any) -> None:
-        self.agent = agent
+    def __init__(self, ctx: LabContext, datapath: Datapath) -> None:
+        self.ctx = ctx
         self.lock = threading.RLock()
-        self.datapath = Datapath(agent.lab, topology.node_netns(agent.lab))
+        self.datapath = datapath
         self.documents: dict[str, PolicyDocument] = {}
         self.compiled = CompiledPolicy()
-        self.path = agent.dir / "policies.json"
+        self.path = ctx.dir / "policies.json"
         if self.path.exists():  # a restarted agent keeps the lab's policies
             raw = json.loads(self.path.read_text())
             self.documents = {d.key: d for d in load_documents(raw)} if raw else {}
 
     # -- compile and write -------------------------------------------------------------
     def _identities(self) -> list[Identity]:
-        return list(self.agent.identities.all())
+        return list(self.ctx.identities.all())
 
     def _compile(self, documents: dict[str, PolicyDocument]) -> CompiledPolicy:
-        return compile_policies(list(documents.values()), list(self.agent.endpoints.values()),
-                                self._identities(), self.agent.spec.namespaces,
+        return compile_policies(list(documents.values()), list(self.ctx.endpoints.values()),
+                                self._identities(), self.ctx.spec.namespaces,
                                 previous_cidr_identities=self.compiled.cidr_identities)
 
     def _base_ipcache(self) -> dict[str, int]:
         """The prefixes the agent itself maps (restored when a policy CIDR identity goes away)."""
-        base = {"0.0.0.0/0": ID_WORLD, WORLD_CIDR: ID_WORLD, f"{WORLD_GATEWAY}/32": ID_HOST,
-                f"{POD_GATEWAY}/32": ID_HOST}
-        base.update({f"{ep.ipv4}/32": ep.identity for ep in self.agent.endpoints.values()})
+        base = dict(BASE_IPCACHE)
+        base.update({f"{ep.ipv4}/32": ep.identity for ep in self.ctx.endpoints.values()})
         return base
 
     def _write(self, compiled: CompiledPolicy) -> None:
@@ -66,12 +65,12 @@ class PolicyService:
         base = self._base_ipcache()
         for prefix, identity in compiled.cidr_identities.items():
             if self.compiled.cidr_identities.get(prefix) != identity:
-                build.ipcache_set(self.agent.maps, prefix, identity)
+                build.ipcache_set(self.ctx.maps, prefix, identity)
         for prefix in set(self.compiled.cidr_identities) - set(compiled.cidr_identities):
             if prefix in base:
-                build.ipcache_set(self.agent.maps, prefix, base[prefix])
+                build.ipcache_set(self.ctx.maps, prefix, base[prefix])
             else:
-                build.ipcache_delete(self.agent.maps, prefix)
+                build.ipcache_delete(self.ctx.maps, prefix)
         self.compiled = compiled
 
     def _commit(self, documents: dict[str, PolicyDocument]) -> CompiledPolicy:
@@ -87,17 +86,15 @@ class PolicyService:
             if self.documents:
                 self._commit(dict(self.documents))
 
-    # -- endpoint observer ---------------------------------------------------------------
+    # -- endpoint observer (after the datapath has attached or detached the endpoint) ----------
     def attach_endpoint(self, ep: Endpoint) -> None:
-        self.datapath.attach_endpoint(ep)
         self.refresh()
 
     def detach_endpoint(self, ep: Endpoint) -> None:
-        self.datapath.detach_endpoint(ep)
         self.refresh()
 
     def close(self) -> None:
-        self.datapath.close()
+        """Nothing to release: the datapath belongs to the agent, the policy stays pinned."""
 
     def enforcement(self, ep: Endpoint) -> tuple[bool, bool]:
         enforced = self.compiled.enforced
@@ -124,7 +121,7 @@ class PolicyService:
     def _audit_selected(self, docs: list[PolicyDocument]) -> list[str]:
         """Audit mode for the endpoints these documents select (in any direction)."""
         selected = {ep_id for ep_id, _ in self._compile({d.key: d for d in docs}).enforced}
-        pods = [ep for ep in self.agent.endpoints.values() if ep.id in selected]
+        pods = [ep for ep in self.ctx.endpoints.values() if ep.id in selected]
         for ep in pods:
             self.datapath.set_audit(ep.id, True)
         return sorted(ep.pod for ep in pods)
@@ -169,25 +166,24 @@ class PolicyService:
         """The live policy map (like `cilium bpf policy get`), with pods and identity labels."""
         with self.lock:
             frame = self.datapath.policy_writer().entries()
-            pods = {ep.id: ep for ep in self.agent.endpoints.values()}
+            pods = {ep.id: ep for ep in self.ctx.endpoints.values()}
             labels = {i.id: list(i.labels) for i in self._identities()}
             labels.update({k: list(v) for k, v in self.compiled.identity_labels.items()})
             labels[0] = ["(any)"]
             if pod is not None:
-                ep = self.agent.endpoint(pod)
-                frame = frame[frame.ep_id == ep.id]
+                frame = frame[frame.ep_id == self.ctx.endpoint(pod).id]
             rows = []
             for row in frame.to_dict(orient="records"):
-                ep = pods.get(int(row["ep_id"]))
-                rows.append({"endpoint": row["ep_id"], "pod": f"{ep.namespace}/{ep.pod}" if ep else "",
+                owner = pods.get(int(row["ep_id"]))
+                rows.append({"endpoint": row["ep_id"], "pod": f"{owner.namespace}/{owner.pod}" if owner else "",
                              **{k: v for k, v in row.items() if k != "ep_id"},
                              "labels": labels.get(int(row["identity"]), [])})
             return rows
 
     def audit(self, on: bool, pod: str | None = None) -> dict[str, Any]:
-        ep = self.agent.endpoint(pod) if pod else None
+        ep = self.ctx.endpoint(pod) if pod else None
         self.datapath.set_audit(ep.id if ep else None, on)
-        return {"audit": on, "endpoints": [ep.pod] if ep else sorted(self.agent.endpoints)}
+        return {"audit": on, "endpoints": [ep.pod] if ep else sorted(self.ctx.endpoints)}
 
     def resolve_identity(self, peer: int | str) -> int:
         """A peer as an identity: a number, a pod name, or host/world/any."""
@@ -196,7 +192,7 @@ class PolicyService:
         if str(peer) in RESERVED_NAMES:
             return RESERVED_NAMES[str(peer)]
         try:
-            return self.agent.endpoint(str(peer)).identity
+            return self.ctx.endpoint(str(peer)).identity
         except NotFoundError as err:
             raise NotFoundError(f"peer {peer} is not an identity number, a pod or one of "
                                 f"{', '.join(sorted(RESERVED_NAMES))}; {err}") from None
@@ -213,7 +209,7 @@ class PolicyService:
             raise ValidationError(f"protocol {protocol!r} must be one of {', '.join(PROTOCOLS)}")
         if not 0 <= int(port) <= 65535 or (end_port is not None and not int(port) <= int(end_port) <= 65535):
             raise ValidationError(f"port {port}-{end_port} is out of range 0-65535")
-        ep = self.agent.endpoint(pod)
+        ep = self.ctx.endpoint(pod)
         identity = self.resolve_identity(peer)
         writer = self.datapath.policy_writer()
         with self.lock:
@@ -224,12 +220,22 @@ class PolicyService:
             return {op: {"endpoint": ep.id, "pod": ep.pod, "direction": direction, "identity": identity,
                          "protocol": str(protocol).upper(), "port": int(port), "end_port": end_port}}
 
+    def datapath_metrics(self) -> list[dict[str, Any]]:
+        return list(self.datapath.metrics().to_dict(orient="records"))
+
+    def methods(self) -> dict[str, Callable[..., Any]]:
+        """The local API methods of this service (``connectivity.expect`` is the L7 service's, which asks
+        :meth:`expect` first)."""
+        return {"policy.apply": self.apply, "policy.get": self.get, "policy.delete": self.delete,
+                "policy.explain": self.explain, "policy.audit": self.audit, "policy.map.edit": self.edit_map,
+                "bpf.policy.get": self.bpf_policy, "datapath.metrics": self.datapath_metrics}
+
     def expect(self, probes: list[dict[str, Any]]) -> list[bool]:
         """For `connectivity test`: which probes the active policy lets through."""
         with self.lock:
-            by_pod = {ep.pod: ep for ep in self.agent.endpoints.values()}
-            by_ip = {ep.ipv4: ep for ep in self.agent.endpoints.values()}
-            services = {f"{s.namespace}/{s.name}": s for s in self.agent.services}
+            by_pod = {ep.pod: ep for ep in self.ctx.endpoints.values()}
+            by_ip = {ep.ipv4: ep for ep in self.ctx.endpoints.values()}
+            services = {f"{s.namespace}/{s.name}": s for s in self.ctx.services}
             answers = []
             for probe in probes:
                 src = by_pod[probe["source"]]
@@ -254,22 +260,3 @@ def _load_named(text: str, source: str) -> list[PolicyDocument]:
         return load_documents(text)
     except ValidationError as err:
         raise ValidationError(f"{source}: {err}") from None
-
-
-def setup(agent: Any) -> None:
-    """AGENT_PLUGINS entry: wire the policy service into the agent."""
-    service = PolicyService(agent)
-    agent.datapath = service.datapath
-    agent.policy = service
-    agent.add_endpoint_observer(service)
-    agent.enforcement = service.enforcement
-    agent.register_method("policy.apply", service.apply)
-    agent.register_method("policy.get", service.get)
-    agent.register_method("policy.delete", service.delete)
-    agent.register_method("policy.explain", service.explain)
-    agent.register_method("policy.audit", service.audit)
-    agent.register_method("policy.map.edit", service.edit_map)
-    agent.register_method("bpf.policy.get", service.bpf_policy)
-    agent.register_method("connectivity.expect", service.expect)
-    agent.register_method("datapath.metrics",
-                          lambda: service.datapath.metrics().to_dict(orient="records"))

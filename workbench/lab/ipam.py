@@ -12,6 +12,7 @@ from __future__ import annotations
 import ipaddress
 
 from workbench.errors import ValidationError
+from workbench.lab.model import ID_HOST, ID_WORLD
 
 DEFAULT_POD_CIDR = "10.244.0.0/16"
 DEFAULT_SERVICE_CIDR = "10.96.0.0/16"
@@ -20,6 +21,9 @@ WORLD_HOST = "192.0.2.10"
 WORLD_GATEWAY = "192.0.2.1"     # the node's end of the world link
 POD_GATEWAY = "169.254.1.1"     # on every lxc in the node netns; pods route lab CIDRs through it
 FIRST_HOST_OFFSET = 10          # low addresses stay free, as on a real node
+# Prefixes the agent maps itself in the ipcache (prefix -> identity); policy CIDR identities go on top.
+BASE_IPCACHE = {"0.0.0.0/0": ID_WORLD, WORLD_CIDR: ID_WORLD, f"{WORLD_GATEWAY}/32": ID_HOST,
+                f"{POD_GATEWAY}/32": ID_HOST}
 
 
 class AddressPool:

@@ -1,4 +1,4 @@
-"""The L7 layer inside the lab agent (an AGENT_PLUGINS entry, after the policy plugin).
+"""The L7 service of the lab agent (started after the policy and flow services it uses).
 
 - Node netns routing for the redirect: ``lo`` up, ``ip rule fwmark
   0x200/0xf00 lookup 2004`` and ``local 0.0.0.0/0 dev lo table 2004``, so
@@ -7,9 +7,10 @@
 - The ``l7_endpoints`` map (pod IP -> endpoint id) the datapath uses to find
   the destination's ingress entry, kept by an endpoint observer.
 - The :class:`~workbench.agent.l7.proxy.Proxy`, deciding each request from the
-  policy layer's compiled policy (``agent.policy.compiled``) and writing flow
-  rows into the observe layer's store (``agent.flows.store``).
-- Local API: ``l7.status()``.
+  policy service's compiled policy and writing flow rows into the flow
+  service's store.
+- Local API: ``l7.status()``, and ``connectivity.expect`` (the policy
+  service's L3/L4 answer, refined by the HTTP rules).
 """
 
 from __future__ import annotations
@@ -17,14 +18,19 @@ from __future__ import annotations
 import errno
 import threading
 from collections import Counter
+from collections.abc import Callable
 from typing import Any
 
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
+from workbench.agent.context import LabContext
+from workbench.agent.flows import FlowService
 from workbench.agent.l7.flows import FlowRecorder
 from workbench.agent.l7.proxy import Decision, Exchange, Proxy
+from workbench.agent.policy import PolicyService
 from workbench.datapath import build
+from workbench.datapath.loader import Datapath
 from workbench.lab.model import ID_WORLD, Endpoint
 from workbench.node import netlink, topology
 from workbench.policy.compiler import DEFAULT_PROXY_PORT
@@ -61,7 +67,7 @@ WORLD_FILTER_HANDLE = ":1"
 
 
 @netlink.off_event_loop
-def attach_world_redirect(datapath: Any, node_netns: str) -> None:
+def attach_world_redirect(datapath: Datapath, node_netns: str) -> None:
     """The world netns' clients enter through world0: redirect their L7 connections there (TC ingress)."""
     from bcc import BPF
 
@@ -79,8 +85,11 @@ def attach_world_redirect(datapath: Any, node_netns: str) -> None:
 class L7Service:
     """Proxy + redirect facts of one lab (one per agent)."""
 
-    def __init__(self, agent: Any, port: int = DEFAULT_PROXY_PORT) -> None:
-        self.agent = agent
+    def __init__(self, ctx: LabContext, datapath: Datapath, policy: PolicyService, flows: FlowService,
+                 port: int = DEFAULT_PROXY_PORT) -> None:
+        self.ctx = ctx
+        self.datapath = datapath
+        self.policy = policy
         self.port = port
         self.verdicts: Counter[str] = Counter()
         self._lock = threading.Lock()
@@ -89,17 +98,16 @@ class L7Service:
         # new object, which empties the cache)
         self._rules_cache: dict[tuple[int, str, int, int], tuple[HttpRule, ...] | None] = {}
         self._cached_for: object = None
-        node = topology.node_netns(agent.lab)
+        node = topology.node_netns(ctx.lab)
         setup_redirect_routing(node)
-        attach_world_redirect(agent.datapath, node)
-        flows = getattr(agent, "flows", None)
-        self.recorder = FlowRecorder(flows.store) if flows is not None else None
+        attach_world_redirect(datapath, node)
+        self.recorder = FlowRecorder(flows.store)
         self.proxy = Proxy(node, port, self.decide, self.record)
         self.proxy.start()
 
     # -- endpoint observer -----------------------------------------------------------------
     def _table(self) -> Any:
-        return self.agent.datapath.bpf[b"l7_endpoints"]
+        return self.datapath.bpf[b"l7_endpoints"]
 
     def attach_endpoint(self, ep: Endpoint) -> None:
         table = self._table()
@@ -118,21 +126,20 @@ class L7Service:
 
     def close(self) -> None:
         self.proxy.close()
-        if self.recorder is not None:
-            self.recorder.close()
+        self.recorder.close()
 
     # -- the proxy's questions -------------------------------------------------------------
     def _identity(self, ip: str) -> int:
         ep = self._by_ip.get(ip)
         if ep is not None:
             return ep.identity
-        found = build.ipcache_lookup(self.agent.maps, ip)
+        found = build.ipcache_lookup(self.ctx.maps, ip)
         return ID_WORLD if found is None else found
 
     def _rules(self, ep: Endpoint | None, direction: str, identity: int, port: int) -> tuple[HttpRule, ...] | None:
         if ep is None:
             return None
-        compiled = self.agent.policy.compiled
+        compiled = self.policy.compiled
         if compiled is not self._cached_for:
             self._rules_cache, self._cached_for = {}, compiled
         key = (ep.id, direction, identity, port)
@@ -158,18 +165,21 @@ class L7Service:
 
     def record(self, exchange: Exchange) -> None:
         self.verdicts[exchange.verdict] += 1
-        if self.recorder is not None:
-            self.recorder.put(exchange)
+        self.recorder.put(exchange)
 
     def status(self) -> dict[str, Any]:
         return {**self.proxy.status(), "verdicts": dict(self.verdicts)}
 
-    def l7_expect(self, l3l4: Any, probes: list[dict[str, Any]]) -> list[bool]:
+    def methods(self) -> dict[str, Callable[..., Any]]:
+        """The local API methods of this service."""
+        return {"l7.status": self.status, "connectivity.expect": self.expect}
+
+    def expect(self, probes: list[dict[str, Any]]) -> list[bool]:
         """`connectivity test` expectations with L7: an HTTP probe that L3/L4 admits must also pass the
         HTTP rules (GET on its path) of every backend it may reach, or it gets 403."""
-        answers = list(l3l4(probes=probes))
-        by_pod = {ep.pod: ep for ep in self.agent.endpoints.values()}
-        services = {f"{svc.namespace}/{svc.name}": svc for svc in self.agent.services}
+        answers = self.policy.expect(probes)
+        by_pod = {ep.pod: ep for ep in self.ctx.endpoints.values()}
+        services = {f"{svc.namespace}/{svc.name}": svc for svc in self.ctx.services}
         for i, probe in enumerate(probes):
             if not answers[i] or probe.get("protocol") != "TCP" or probe["source"] not in by_pod:
                 continue
@@ -183,16 +193,3 @@ class L7Service:
             answers[i] = all(self.decide(client, t, "GET", str(probe.get("path") or "/"), headers).allowed
                              for t in targets)
         return answers
-
-
-def setup(agent: Any) -> L7Service:
-    """AGENT_PLUGINS entry (after workbench.agent.policy, which sets agent.datapath and agent.policy)."""
-    service = L7Service(agent)
-    agent.l7 = service
-    agent.add_endpoint_observer(service)
-    agent.register_method("l7.status", service.status)
-    l3l4 = agent.methods.get("connectivity.expect")
-    if l3l4 is not None:
-        agent.register_method("connectivity.expect",
-                              lambda probes: service.l7_expect(l3l4, probes))
-    return service
