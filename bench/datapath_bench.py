@@ -11,7 +11,7 @@ Beside them, iptables (nft and legacy) FORWARD chains in the node netns with
 apply() takes until the new policy is in force.
 
 Run alone: ``python -m bench.datapath_bench [--quick]`` (root). No assertions:
-the numbers go to bench/results (targets in issue 4).
+the numbers go to bench/results (the README's table shows the latest).
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ def _iptables_rules(bed: Testbed, count: int) -> str:
     """FORWARD rules in the node netns equivalent to the policy: count-1 non-matching, then the allow."""
     a, b = bed.endpoints["a"], bed.endpoints["b"]
     # No "ESTABLISHED -j ACCEPT" shortcut: every packet walks the chain, the
-    # stateless worst case DESIGN §9 measured (our program's conntrack fast
+    # stateless worst case (our program's conntrack fast
     # path is the other side of that comparison).
     lines = ["*filter", ":FORWARD DROP [0:0]"]
     for i in range(count - 1):  # never matches: sources that do not exist

@@ -24,7 +24,7 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 
 # BCC compiles against /lib/modules/$(uname -r)/{build,source}. This kernel ships
-# no headers; Debian's headers work for networking programs (DESIGN.md §9).
+# no headers; Debian's headers work for networking programs (measured on this machine).
 # Debian splits them: the arch package (build) and the -common package (source).
 KREL=$(uname -r)
 MODDIR=/lib/modules/$KREL

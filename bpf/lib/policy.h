@@ -1,4 +1,4 @@
-/* Policy lookup for a new connection (Cilium semantics, DESIGN §4).
+/* Policy lookup for a new connection (Cilium semantics, docs/datapath.md).
  *
  * Two LPM lookups in the active generation: one for the peer's identity and
  * one for identity 0 (entries that apply to any peer). Within one lookup the

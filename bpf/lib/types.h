@@ -1,7 +1,7 @@
 /* Structs shared between the datapath and Python. Declared once, here.
  *
  * Python reads them through BCC's decoded ctypes (bpf["map"].Key / .Leaf) and
- * through workbench/datapath/layout.py for the ring-buffer events; a unit test
+ * through workbench/datapath/abi.py for the ring-buffer events; a test
  * checks that sizes and offsets agree. Field order is chosen so that no
  * implicit padding appears: every pad is spelled out, so that a key written
  * by Python and a key built in C are byte-for-byte equal.
@@ -171,7 +171,7 @@ struct ct_value {
 #define WB_EVENT_CONN_STATS     4  /* periodic totals of a live connection */
 #define WB_EVENT_CONN_END       5  /* totals when a TCP connection ends (FIN both ways or RST) */
 
-/* One ring-buffer record. Mirrored by workbench/datapath/layout.py
+/* One ring-buffer record. Mirrored by workbench/datapath/abi.py
  * (FLOW_EVENT_DTYPE); tests compare sizes and offsets. 8-byte fields first,
  * no implicit padding. Addresses network order; ports host order. */
 struct flow_event {

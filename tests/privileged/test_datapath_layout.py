@@ -1,4 +1,4 @@
-"""layout.py mirrors bpf/lib/types.h: every size and offset agrees with BCC's view of the C."""
+"""abi.py mirrors bpf/lib/types.h: every size and offset agrees with BCC's view of the C."""
 
 from __future__ import annotations
 

@@ -57,7 +57,7 @@ def _jsonable(filters: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-# -- what `Lab` (workbench/api.py) exposes, in one call each -------------------------------------
+# -- what `Lab` (workbench/client/lab.py) exposes, in one call each ------------------------------
 
 def lab_metrics(lab: str | None = None) -> pd.DataFrame:
     """``lab.metrics()``: the exposition parsed into name, labels, value, type."""

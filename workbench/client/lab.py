@@ -1,6 +1,6 @@
 """The Python API of a lab: ``wb.Lab``.
 
-A ``Lab`` is a client of the lab's agent (DESIGN §2): a notebook kernel, the
+A ``Lab`` is a client of the lab's agent (see docs/): a notebook kernel, the
 CLI and a second notebook all see the same lab. Nothing here calls pyroute2
 directly, so it is safe inside Jupyter's asyncio loop.
 
@@ -148,7 +148,7 @@ class Lab:
 
     # ----- observe (Hubble) ----------------------------------------------------
     def flows(self, **filters: Any) -> Any:
-        """Flows as a DataFrame with DESIGN §6 columns; filters as `hubble observe`.
+        """Flows as a DataFrame with the flow columns (see docs/); filters as `hubble observe`.
 
         ``attrs["lost_events"]`` counts events the datapath or the reader lost.
 

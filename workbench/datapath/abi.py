@@ -1,6 +1,6 @@
 """The datapath's C structs and constants as seen from Python (bpf/lib/types.h).
 
-This is the one mirror module DESIGN §8 allows: numpy structured dtypes with
+This is the one Python mirror of the C structs: numpy structured dtypes with
 explicit offsets for the records Python decodes in bulk (ring-buffer events,
 policy keys), and the numeric codes with their Cilium/Hubble names.
 tests/privileged/test_datapath_layout.py compares every size and offset here

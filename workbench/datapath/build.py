@@ -1,6 +1,6 @@
 """Compiling the lab's eBPF objects with BCC, and where their pins live.
 
-One compile per entry file per lab (DESIGN §2): per-endpoint facts are map
+One compile per entry file per lab (docs/datapath.md): per-endpoint facts are map
 entries, so adding a pod compiles nothing. Compile-time options are cflags.
 """
 

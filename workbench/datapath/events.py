@@ -1,12 +1,12 @@
 """Ring-buffer flow events (struct flow_event) -> a DataFrame in Hubble's vocabulary.
 
 The observe layer adds labels, pods, services and summaries; this module only
-decodes what the datapath knows, with DESIGN §6 column names where they exist.
+decodes what the datapath knows, with the flow column names (docs/flows.md) where they exist.
 
 Example::
 
     >>> import numpy as np
-    >>> from workbench.datapath import layout
+    >>> from workbench.datapath import abi as layout
     >>> rec = np.zeros(1, layout.FLOW_EVENT_DTYPE)
     >>> rec["verdict"], rec["drop_reason"], rec["event_type"], rec["proto"] = 2, 133, 2, 6
     >>> events_frame(rec)[["verdict", "drop_reason_desc", "event_type", "protocol"]].iloc[0].tolist()

@@ -4,7 +4,7 @@ Pure stages first (no kernel): port ranges -> prefix blocks, entries -> map
 slots (one LPM key each, deny wins on equal keys, an allow under a covering
 deny stored as deny). Then :class:`PolicyMapWriter`, which writes a complete
 policy into the inactive generation and flips one array slot, so no packet is
-ever judged by a half-written policy (issue 4 point 5).
+ever judged by a half-written policy (docs/datapath.md, The policy decision).
 
 The map layout is struct policy_key in bpf/lib/types.h: fixed fields
 (generation, direction, endpoint) first, then identity, protocol and the port

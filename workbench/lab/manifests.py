@@ -196,7 +196,7 @@ def _valid_label_key(key: str) -> bool:
 
 
 def image_app(image: str, ports: list[ContainerPort]) -> str:
-    """Which built-in app stands for a container image (DESIGN §3)."""
+    """Which built-in app stands for a container image (no images run here; docs/architecture.md)."""
     repository = image.split("@")[0]
     head, _, last = repository.rpartition("/")
     repository = f"{head}/{last.split(':')[0]}" if head else last.split(":")[0]   # drop the tag

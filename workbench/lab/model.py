@@ -12,7 +12,7 @@ from typing import Any, Literal
 
 Direction = Literal["ingress", "egress"]
 
-# Reserved identities (Cilium numbering, DESIGN §4); cluster identities from 256.
+# Reserved identities (Cilium numbering, docs/policy.md); cluster identities from 256.
 ID_UNKNOWN = 0
 ID_HOST = 1
 ID_WORLD = 2

@@ -1,4 +1,4 @@
-"""Built-in apps that stand in for container images (DESIGN §3).
+"""Built-in apps that stand in for container images (containers cannot run images here).
 
 Run as a standalone script (stdlib only, started with ``python -I``) inside a
 pod's netns and cgroup by the agent, so a 50-pod lab starts quickly:

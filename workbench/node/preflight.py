@@ -220,7 +220,7 @@ def _attach_checks() -> list[Check]:
                 checks.append(Check(label, "ok", action(), required=required))
             except Exception as err:
                 checks.append(Check(label, "fail" if required else "warn", f"{type(err).__name__}: {err}",
-                                    "see DESIGN.md §9 for what this kernel must offer", required=required))
+                                    "see docs/architecture.md (What the node needs)", required=required))
 
         ns, index = cleanup.enter_context(_scratch_netns())
         xdp_fn = bpf.load_func("probe_xdp", BPF.XDP)

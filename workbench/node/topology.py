@@ -1,6 +1,6 @@
 """The lab's network: a node netns, one netns per pod, a "world" netns.
 
-Safety (DESIGN §3): nothing here touches the machine's own netns. The node
+Safety (docs/safety.md): nothing here touches the machine's own netns. The node
 netns has no link to it at all; forwarding is enabled inside the node netns
 only; pods route only the lab's CIDRs, through a link-local gateway address
 that sits on every lxc device (the node answers ARP for it), so a pod can

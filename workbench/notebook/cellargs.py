@@ -25,7 +25,7 @@ NET_DEVICE_KINDS = ("xdp", "tc")
 CGROUP_KINDS = ("cgroup_skb", "connect4")
 TRACE_KINDS = ("tracepoint", "raw_tracepoint")
 KINDS = NET_DEVICE_KINDS + CGROUP_KINDS + TRACE_KINDS
-# DESIGN §5 writes `%%ebpf cgroup ...`: the skb hook is what that means.
+# `%%ebpf cgroup ...` (as the tutorials write it) means the skb hook.
 ALIASES = {"cgroup": "cgroup_skb"}
 
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")

@@ -1,11 +1,11 @@
 """Hubble-style observability as DataFrames: flow store, filters, renderers, metrics, archive, dashboards.
 
-Modules: schema (DESIGN §6 columns and dtypes, drop reasons), events (the
-ring-buffer record), ringreader (bulk drain of the kernel ring), enrich and
+Modules: schema (flow columns and dtypes, docs/flows.md; drop reasons), events (the
+ring-buffer record), enrich and
 store (the agent's flow store), filters (`hubble observe` filters), render
 (compact/table/JSON lines), metrics (Prometheus, Hubble's names), archive
-(parquet), dashboard and servicemap (notebook widgets), plugin (the agent
-side), remote (the client side).
+(parquet), dashboard and servicemap (notebook widgets). The agent side is
+workbench/agent/flows.py, the client side workbench/client/flows.py.
 
 The names below are imported on first use, so ``import workbench.observe``
 stays cheap.

@@ -1,6 +1,6 @@
 """Flows as text: Hubble's compact one-liners, an aligned table, and JSON lines.
 
-JSON lines carry exactly the §6 fields, one flow per line, and read back with
+JSON lines carry exactly the flow columns, one flow per line, and read back with
 :func:`read_json_lines` into a frame equal to the one written (dtypes
 included). A lost-events count travels as its own line
 ``{"lost_events": N}``, as `hubble observe -o json` reports lost events.
@@ -98,7 +98,7 @@ def format_table(frame: pd.DataFrame) -> str:
 
 
 def to_json_lines(frame: pd.DataFrame) -> str:
-    """One JSON object per flow with the §6 fields; nanosecond ISO times; lost events as a first line."""
+    """One JSON object per flow with the flow columns; nanosecond ISO times; lost events as a first line."""
     if len(frame):
         # pandas' own ISO writer rounds to microseconds; flows keep nanoseconds.
         out = frame.copy()
@@ -113,7 +113,7 @@ def to_json_lines(frame: pd.DataFrame) -> str:
 
 
 def read_json_lines(text: str, *, document: str = "JSON flows") -> pd.DataFrame:
-    """Parse :func:`to_json_lines` output back into a §6 frame (dtypes restored)."""
+    """Parse :func:`to_json_lines` output back into a flow frame (dtypes restored)."""
     records = []
     lost = 0
     for number, line in enumerate(io.StringIO(text), start=1):

@@ -1,4 +1,4 @@
-"""The flow table: DESIGN §6 columns, their order and dtypes, in one place.
+"""The flow table: its columns, their order and dtypes, in one place (docs/flows.md).
 
 Everything that produces or consumes flows (the store, the JSON and parquet
 readers, the filters, the renderers) goes through :func:`empty_flows`,
@@ -131,7 +131,7 @@ def _fixed(categories: list[str]) -> pd.CategoricalDtype:
 LABELS_DTYPE = pd.ArrowDtype(pa.list_(pa.string()))
 DYNAMIC_CATEGORY = "category"  # categories = sorted values present
 
-# name -> dtype, in DESIGN §6 order.
+# name -> dtype, in column order (docs/flows.md).
 FLOW_DTYPES: dict[str, Any] = {
     "time": pd.DatetimeTZDtype("ns", "UTC"),
     "verdict": _fixed(VERDICTS),
@@ -271,7 +271,7 @@ def _coerce_column(name: str, col: pd.Series, dtype: Any) -> Any:
 
 
 def validate_flows(frame: pd.DataFrame, *, document: str = "flows") -> None:
-    """Raise ValidationError unless ``frame`` has exactly the §6 columns, order and dtypes."""
+    """Raise ValidationError unless ``frame`` has exactly the flow columns, order and dtypes."""
     if list(frame.columns) != COLUMNS:
         raise ValidationError(f"{document}: columns differ from the flow schema",
                               hint=f"got {list(frame.columns)}, expected {COLUMNS}")

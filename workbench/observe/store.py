@@ -370,7 +370,7 @@ class FlowStore:
         return {name: np.concatenate([column[start:], column[:wrap]]) for name, column in self._ring.items()}
 
     def frame(self, last: int | None = None, after: int | None = None) -> pd.DataFrame:
-        """The stored flows, oldest first, as a §6 DataFrame.
+        """The stored flows, oldest first, as a flow DataFrame (docs/flows.md).
 
         ``last`` keeps the newest N rows, ``after`` the rows appended after
         sequence number ``after`` (``attrs["seq"]`` of an earlier frame: for --follow).
@@ -469,7 +469,7 @@ def _fixed(codes: np.ndarray, column: str) -> pd.Categorical:
 
 
 def build_frame(rows: Batch, names: list[Any], label_array: pa.Array) -> pd.DataFrame:
-    """Ring-code columns -> a §6 DataFrame. Used for the store and for archived batches."""
+    """Ring-code columns -> a flow DataFrame. Used for the store and for archived batches."""
     table = [v[1] if isinstance(v, tuple) else str(v) for v in names] or [""]
     protocol = rows["protocol"].astype(np.int64)
     flags = rows["tcp_flags"].astype(np.int64)

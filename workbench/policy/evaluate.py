@@ -1,6 +1,6 @@
 """What the active policy says about one connection, without sending a packet.
 
-The meaning the datapath implements (DESIGN §4): a deny that matches wins; any
+The meaning the datapath implements (docs/policy.md): a deny that matches wins; any
 matching allow allows; an enforced direction without a match drops; a
 direction no policy selects passes. `connectivity test` uses this to know
 which probes should pass.
