@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from workbench.errors import ValidationError
-from workbench.lab.manifests import DEMO_MANIFEST, LabSpec, image_app, parse_manifests
+from workbench.lab.manifests import DEMO_MANIFEST, LabSpec, image_app, parse_manifests, read_manifest_files
 
 DEPLOYMENT = """
 apiVersion: apps/v1
@@ -103,7 +105,7 @@ spec:
      "spec.template.metadata.labels: does not match spec.selector.matchLabels (app=api)"),
     (DEPLOYMENT.replace("image: nginx:1.27", "image: ''"), "spec.template.spec.containers[0].image: must be"),
     ("apiVersion: v1\nkind: Pod\nmetadata: {name: Bad_Name}\nspec: {containers: [{name: a, image: b}]}\n",
-     "(Pod/Bad_Name): metadata.name: 'Bad_Name' is not a valid RFC 1123 name"),
+     "(Pod/Bad_Name): metadata.name: 'Bad_Name' is not a valid RFC 1123 label"),
     ("apiVersion: v1\nkind: Pod\nmetadata: {name: a}\nspec: {containers: []}\n",
      "(Pod/a): spec.containers: must list at least one container"),
     ("apiVersion: v1\nkind: Service\nmetadata: {name: s}\nspec: {ports: [{port: 80, protocol: SCTP}]}\n",
@@ -112,7 +114,7 @@ spec:
      "(Pod/a): metadata.labels.x: label values must be strings"),
     ("kind: Pod\nmetadata: {name: a}\n", "(Pod/a): apiVersion: missing"),
     ("- just\n- a list\n", "test.yaml document 0: must be a mapping"),
-    ("apiVersion: v1\nkind: Pod\nmetadata: {name: a\n", "test.yaml line"),
+    ("apiVersion: v1\nkind: Pod\nmetadata: {name: a\n", "test.yaml at line"),
 ])
 def test_invalid_manifests_name_document_and_field_path(text: str, message: str) -> None:
     with pytest.raises(ValidationError) as err:
@@ -149,3 +151,40 @@ def test_spec_round_trips_through_json() -> None:
     spec = parse(DEPLOYMENT)
     again = LabSpec.from_dict(json.loads(json.dumps(spec.to_dict())))
     assert again == spec
+
+
+@pytest.mark.parametrize("text, message", [
+    ("apiVersion: v1\nkind: Pod\nmetadata: {name: " + "a" * 64 + "}\nspec: {containers: [{name: a, image: b}]}\n",
+     "metadata.name: '" + "a" * 64 + "' is not a valid RFC 1123 label"),
+    ("apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: " + "d" * 47 + "}\nspec: {selector: {matchLabels: "
+     "{a: b}}, template: {metadata: {labels: {a: b}}, spec: {containers: [{name: a, image: b}]}}}\n",
+     "a Deployment name may have 46"),
+    ("apiVersion: v1\nkind: Pod\nmetadata: {name: p}\nspec: {hostNetwork: true, containers: [{name: a, image: b}]}\n",
+     "spec.hostNetwork: true is not supported"),
+    ("apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: d}\nspec: {selector: {matchLabels: {a: b}}, "
+     "template: {metadata: {labels: {a: b}}, spec: {hostNetwork: true, containers: [{name: a, image: b}]}}}\n",
+     "spec.template.spec.hostNetwork: true is not supported"),
+])
+def test_names_that_are_no_dns_labels_and_host_network_are_refused(text, message):
+    with pytest.raises(ValidationError, match=re.escape(message)):
+        parse_manifests([("test.yaml", text)])
+
+
+def test_binary_and_bomb_manifest_files_get_one_line(tmp_path):
+    binary = tmp_path / "image.yaml"
+    binary.write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00\x00")
+    with pytest.raises(ValidationError, match=r"^image.yaml: binary data, not YAML \(a NUL byte at offset 8\)$"):
+        read_manifest_files([binary])
+    latin = tmp_path / "latin.yaml"
+    latin.write_bytes(b"kind: Pod\nname: caf\xe9\n")
+    with pytest.raises(ValidationError, match=r"^latin.yaml: not UTF-8 text"):
+        read_manifest_files([latin])
+    bomb = tmp_path / "bomb.yaml"
+    bomb.write_text(BOMB)
+    with pytest.raises(ValidationError, match=r"^bomb.yaml document 1: excessive aliasing") as err:
+        read_manifest_files([bomb])
+    assert "\n" not in str(err.value)
+
+
+BOMB = "".join(f"{chr(97 + i)}: &{chr(97 + i)} [" + ",".join([f"*{chr(96 + i)}" if i else '"lol"'] * 9) + "]\n"
+               for i in range(8))

@@ -248,8 +248,9 @@ def test_descriptive_fields_are_accepted() -> None:
     assert load_documents(doc)[0].specs[0].enforce == frozenset()
 
 
-def test_empty_documents_are_skipped() -> None:
-    assert load_documents("---\n---\n") == []
+def test_empty_documents_are_skipped_but_a_source_with_none_is_refused() -> None:
+    with pytest.raises(ValidationError, match="no policy documents"):
+        load_documents("---\n---\n")
     text = RULE1 + "---\n---\n" + RULE1.replace("rule1", "rule2")
     assert [d.index for d in load_documents(text)] == [1, 3]
 
@@ -268,3 +269,41 @@ def test_ports_zero_means_any_port_in_cilium_policies() -> None:
     [doc] = load_documents(cnp(egress=[port_rule(port="0", protocol="UDP")]))
     [rule] = doc.specs[0].rules
     assert rule.peers is None and rule.ports == (PortRange(17, 0, 65535),)
+
+
+POLICY_BOMB = ("apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata:\n  name: bomb\n  annotations:\n"
+               + "".join(f"    {chr(97 + i)}: &{chr(97 + i)} [" + ",".join([f"*{chr(96 + i)}" if i else '"x"'] * 9)
+                         + "]\n" for i in range(9))
+               + "spec: {endpointSelector: {}, ingress: [{}]}\n")
+
+
+@pytest.mark.parametrize("text, message", [
+    (POLICY_BOMB, "excessive aliasing"),
+    ("a: " + "[" * 100_000 + "]" * 100_000, "exceeded maximum nesting depth"),
+    ("kind: x\0y", "binary data, not YAML"),
+    ("", "no policy documents"),
+    ("# only a comment\n---\n", "no policy documents"),
+])
+def test_hostile_policy_text_gets_one_line_and_no_documents(text, message):
+    with pytest.raises(ValidationError, match=message) as err:
+        load_documents(text, paths=False)
+    assert "\n" not in str(err.value) and len(str(err.value)) < 300
+
+
+def test_binary_and_empty_policy_files_get_one_line(tmp_path):
+    binary = tmp_path / "policy.yaml"
+    binary.write_bytes(bytes(range(256)))
+    with pytest.raises(ValidationError, match=r"^policy.yaml: binary data"):
+        load_documents(binary)
+    empty = tmp_path / "empty.yaml"
+    empty.write_text("")
+    with pytest.raises(ValidationError, match=r"^empty.yaml: no policy documents"):
+        load_documents(empty)
+
+
+def test_text_is_never_taken_for_a_path_when_paths_are_off(tmp_path):
+    secret = tmp_path / "secret.yaml"
+    secret.write_text("root:SECRET-HASH:0:0\n")
+    with pytest.raises(ValidationError) as err:
+        load_documents(str(secret), paths=False)
+    assert "SECRET" not in str(err.value)

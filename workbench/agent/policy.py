@@ -41,7 +41,7 @@ class PolicyService:
         self.path = ctx.dir / "policies.json"
         if self.path.exists():  # a restarted agent keeps the lab's policies
             raw = json.loads(self.path.read_text())
-            self.documents = {d.key: d for d in load_documents(raw)} if raw else {}
+            self.documents = {d.key: d for d in load_documents(raw, paths=False)} if raw else {}
 
     # -- compile and write -------------------------------------------------------------
     def _identities(self) -> list[Identity]:
@@ -102,7 +102,7 @@ class PolicyService:
 
     # -- local API methods ---------------------------------------------------------------
     def apply(self, text: str, source: str = "", dry_run: bool = False, audit: bool = False) -> dict[str, Any]:
-        docs = load_documents(text) if not source else _load_named(text, source)
+        docs = load_documents(text, origin=source, paths=False)   # never a path: the text is the client's
         with self.lock:
             documents = dict(self.documents)
             for doc in docs:
@@ -253,10 +253,3 @@ class PolicyService:
                     self.compiled, (src.id, src.identity), (t.id, t.identity) if t else None,
                     probe["protocol"], int(port), dst_identity=outside) for t in targets))
             return answers
-
-
-def _load_named(text: str, source: str) -> list[PolicyDocument]:
-    try:
-        return load_documents(text)
-    except ValidationError as err:
-        raise ValidationError(f"{source}: {err}") from None

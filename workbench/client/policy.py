@@ -15,6 +15,7 @@ import pandas as pd
 
 from workbench.client.transport import AgentClient
 from workbench.errors import ValidationError
+from workbench.lab.yamldocs import read_text_file
 from workbench.policy import load_documents
 
 BPF_POLICY_COLUMNS = ["endpoint", "pod", "direction", "identity", "labels", "protocol", "port", "port_end",
@@ -39,7 +40,7 @@ def policy_text(source: str | Path | dict[str, Any] | list[Any]) -> tuple[str, s
         elif isinstance(item, Path) or (isinstance(item, str) and "\n" not in item and Path(item).is_file()):
             path = Path(item)
             load_documents(path)  # errors start with the file name
-            texts.append(path.read_text())
+            texts.append(read_text_file(path))
             labels.append(path.name)
         else:
             load_documents(str(item))

@@ -22,9 +22,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from workbench.errors import ValidationError
+from workbench.lab.yamldocs import MalformedYAML, load_yaml_documents, read_text_file
 
 DEMO_MANIFEST = Path(__file__).resolve().parents[1] / "data" / "starwars.yaml"
 
@@ -236,10 +235,15 @@ def _containers(doc: _Doc, pod_spec: Any, path: str) -> tuple[str, list[Containe
     return image, ports
 
 
-def _metadata(doc: _Doc, default_namespace: str) -> tuple[str, str, dict[str, str]]:
+# A Deployment's pods are named NAME-<10 hash>-<5 suffix>, and every pod name must be a DNS label (it
+# names the pod's netns, cgroup and hostname), so a Deployment name has 63 - 17 characters.
+_DEPLOYMENT_NAME_MAX = 63 - 17
+
+
+def _metadata(doc: _Doc, default_namespace: str, label: bool = True) -> tuple[str, str, dict[str, str]]:
     meta = doc.mapping(doc.body.get("metadata"), "metadata")
     doc.warn_unknown(meta, _KNOWN_METADATA, "metadata")
-    name = doc.dns_name(meta.get("name"), "metadata.name")
+    name = doc.dns_name(meta.get("name"), "metadata.name", label=label)
     namespace = meta.get("namespace", default_namespace)
     namespace = doc.dns_name(namespace, "metadata.namespace", label=True)
     return name, namespace, doc.labels(meta.get("labels"), "metadata.labels")
@@ -256,14 +260,25 @@ def _replica_suffix(template_hash: str, index: int) -> str:
     return "".join(_SUFFIX_ALPHABET[b % len(_SUFFIX_ALPHABET)] for b in digest[:5])
 
 
+def _no_host_network(doc: _Doc, pod_spec: Any, path: str) -> None:
+    """A lab pod always has its own netns: on the host's network its traffic would be this machine's."""
+    if isinstance(pod_spec, dict) and pod_spec.get("hostNetwork"):
+        raise doc.fail(f"{path}.hostNetwork", "true is not supported: lab pods always get their own network "
+                                              "namespace, never this machine's network")
+
+
 def _parse_pod(doc: _Doc, spec: LabSpec) -> None:
     name, namespace, labels = _metadata(doc, "default")
+    _no_host_network(doc, doc.body.get("spec"), "spec")
     image, ports = _containers(doc, doc.body.get("spec"), "spec")
     spec.pods.append(PodSpec(name, namespace, labels, image, ports, image_app(image, ports)))
 
 
 def _parse_deployment(doc: _Doc, spec: LabSpec) -> None:
     name, namespace, _ = _metadata(doc, "default")
+    if len(name) > _DEPLOYMENT_NAME_MAX:
+        raise doc.fail("metadata.name", f"{name[:20]!r}... has {len(name)} characters; a Deployment name may "
+                                        f"have {_DEPLOYMENT_NAME_MAX}, so that its pod names are DNS labels")
     body = doc.mapping(doc.body.get("spec"), "spec")
     replicas = body.get("replicas", 1)
     if isinstance(replicas, bool) or not isinstance(replicas, int) or not 0 <= replicas <= 1000:
@@ -279,6 +294,7 @@ def _parse_deployment(doc: _Doc, spec: LabSpec) -> None:
         if labels.get(key) != value:
             raise doc.fail("spec.template.metadata.labels",
                            f"does not match spec.selector.matchLabels ({key}={value})")
+    _no_host_network(doc, template.get("spec"), "spec.template.spec")
     image, ports = _containers(doc, template.get("spec"), "spec.template.spec")
     template_hash = _template_hash(doc, name, namespace)
     for index in range(replicas):
@@ -337,12 +353,9 @@ def load_documents(texts: list[tuple[str, str]]) -> list[tuple[str, int, Any]]:
     docs: list[tuple[str, int, Any]] = []
     for source, text in texts:
         try:
-            loaded = list(yaml.safe_load_all(text))
-        except yaml.YAMLError as err:
-            mark = getattr(err, "problem_mark", None)
-            where = f" line {mark.line + 1}" if mark is not None else ""
-            problem = getattr(err, "problem", None) or str(err).splitlines()[0]
-            raise ValidationError(f"{source}{where}: not valid YAML: {problem}") from None
+            loaded = load_yaml_documents(text, source)
+        except MalformedYAML as err:
+            raise ValidationError(f"{source}{err.at}: not valid YAML: {err.problem}") from None
         for index, body in enumerate(loaded):
             if body is None:
                 continue
@@ -412,5 +425,5 @@ def read_manifest_files(paths: list[str | Path]) -> LabSpec:
         p = Path(path)
         if not p.is_file():
             raise NotFoundError(f"manifest {p} does not exist")
-        texts.append((p.name, p.read_text()))
+        texts.append((p.name, read_text_file(p)))
     return parse_manifests(texts)

@@ -26,7 +26,7 @@ _PUBLIC = {
     "validate_flows": "schema", "coerce_flows": "schema", "COLUMNS": "schema", "DROP_REASONS": "schema",
     "export_parquet": "archive", "load_parquet": "archive", "ContinuousArchiver": "archive",
     "metrics_frame": "metrics", "FlowMetrics": "metrics", "observe_dashboard": "dashboard",
-    "service_map": "servicemap", "RingReader": "ringreader", "to_json_lines": "render",
+    "service_map": "servicemap", "to_json_lines": "render",
     "read_json_lines": "render",
 }
 __all__ = sorted(_PUBLIC)

@@ -27,9 +27,8 @@ import re
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from workbench.errors import NotFoundError, ValidationError
+from workbench.lab.yamldocs import MalformedYAML, load_yaml_documents, read_text_file
 from workbench.policy.cnp import parse_cilium_spec
 from workbench.policy.fields import DocRef, Fields, type_name
 from workbench.policy.knp import parse_network_policy_spec
@@ -48,15 +47,19 @@ _NAMESPACE_RE = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 Source = str | Path | dict[str, Any] | list[dict[str, Any]]
 
 
-def load_documents(source: Source) -> list[PolicyDocument]:
+def load_documents(source: Source, *, origin: str = "", paths: bool = True) -> list[PolicyDocument]:
     """Parse and validate every policy document in ``source``.
 
     ``source`` is multi-document YAML text, a path to a YAML file, one dict or a
     list of dicts. ``kind: List`` documents are flattened. Empty documents are
-    skipped. Raises :class:`ValidationError` (nothing is returned) when any
-    document is invalid, and :class:`NotFoundError` for a missing file.
+    skipped; a source with no document at all is refused. Raises
+    :class:`ValidationError` (nothing is returned) when any document is
+    invalid, and :class:`NotFoundError` for a missing file. ``paths=False``:
+    a string is always YAML text, never a file name (the agent reads no path
+    a client names). ``origin`` names the source in errors.
     """
-    origin, raws = _read(source)
+    read_origin, raws = _read(source, paths, origin)
+    origin = origin or read_origin
     flat: list[tuple[Any, DocRef]] = []
     for position, raw in raws:
         ref = DocRef(position, source=origin)
@@ -67,6 +70,8 @@ def load_documents(source: Source) -> list[PolicyDocument]:
             flat.extend((item, DocRef(position, source=origin)) for item in items)
         else:
             flat.append((raw, ref))
+    if not flat:
+        raise ValidationError(f"{origin or 'policy text'}: no policy documents in it")
 
     documents = [parse_document(raw, ref) for raw, ref in flat]
     seen: dict[tuple[str, str], int] = {}
@@ -79,23 +84,19 @@ def load_documents(source: Source) -> list[PolicyDocument]:
     return documents
 
 
-def _read(source: Source) -> tuple[str, list[tuple[int, Any]]]:
+def _read(source: Source, paths: bool, origin: str) -> tuple[str, list[tuple[int, Any]]]:
     """(file name or "", [(1-based position, decoded document)]) without empty documents."""
     # Dicts belong to the caller: keep a private copy (parsed YAML is already ours).
     if isinstance(source, dict):
         return "", [(1, copy.deepcopy(source))]
     if isinstance(source, list):
         return "", list(enumerate(copy.deepcopy(source), start=1))
-    origin = ""
-    if isinstance(source, Path) or ("\n" not in source and _looks_like_path(source)):
+    if isinstance(source, Path) or (paths and "\n" not in source and _looks_like_path(source)):
         path = Path(source)
         if not path.is_file():
             raise NotFoundError(f"policy file {path} does not exist")
-        origin = path.name
-        text = path.read_text()
-    else:
-        text = source
-    return origin, _parse_yaml(text, origin)
+        return path.name, _parse_yaml(read_text_file(path), path.name)
+    return origin, _parse_yaml(source, origin)
 
 
 def _looks_like_path(text: str) -> bool:
@@ -104,18 +105,11 @@ def _looks_like_path(text: str) -> bool:
 
 
 def _parse_yaml(text: str, origin: str) -> list[tuple[int, Any]]:
-    documents: list[Any] = []
     try:
-        for raw in yaml.safe_load_all(text):
-            documents.append(raw)
-    except yaml.YAMLError as err:
-        where = ""
-        mark = getattr(err, "problem_mark", None)
-        if mark is not None:
-            where = f" at line {mark.line + 1}, column {mark.column + 1}"
-        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
-        ref = DocRef(len(documents) + 1, source=origin)
-        raise ValidationError(f"{ref.describe()}: malformed YAML{where}: {problem}") from None
+        documents = load_yaml_documents(text, origin or "policy text")
+    except MalformedYAML as err:
+        raise ValidationError(f"{DocRef(err.document, source=origin).describe()}: malformed YAML{err.at}: "
+                              f"{err.problem}") from None
     # Positions stay those of the YAML stream; empty documents (a trailing "---") are dropped.
     return [(i, d) for i, d in enumerate(documents, start=1) if d is not None]
 
