@@ -13,8 +13,11 @@ Cilium semantics kept here:
 - L7 rules need an explicit ``protocol: TCP`` on every port of their
   ``toPorts`` item (ANY or UDP is refused), and are refused in deny sections.
 
-Regular expressions are compiled when the policy is applied, so a bad one is
-refused with its field path and nothing is applied.
+Regular expressions have RE2 semantics, as in Envoy: matching takes time
+linear in the input (no backtracking, so no pattern can stall the proxy), and
+what RE2 does not support (lookaround, backreferences) is refused. They are
+compiled when the policy is applied, so a bad one is refused with its field
+path and nothing is applied.
 
 Example::
 
@@ -30,6 +33,8 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
+import re2
+
 from workbench.policy.fields import DocRef, Fields
 
 _HTTP_FIELDS = {"method", "path", "host", "headers"}
@@ -44,9 +49,14 @@ _RULES_UNSUPPORTED = {
 }
 
 
+_RE2_OPTIONS = re2.Options()
+_RE2_OPTIONS.log_errors = False   # errors come back as exceptions, with the pattern's field path
+
+
 @lru_cache(maxsize=4096)
-def _compiled(pattern: str) -> re.Pattern[str]:
-    return re.compile(pattern)
+def _compiled(pattern: str) -> Any:
+    """The RE2 program of ``pattern`` (linear-time matching; raises re2.error for what RE2 refuses)."""
+    return re2.compile(pattern, options=_RE2_OPTIONS)
 
 
 @dataclass(frozen=True)
@@ -93,8 +103,9 @@ def _regex(doc: DocRef, path: str, value: Any) -> str:
         raise doc.error(path, f"must be a regular expression string, got {value!r}")
     try:
         _compiled(value)
-    except re.error as err:
-        raise doc.error(path, f"invalid regular expression {value!r}: {err}") from None
+    except re2.error as err:
+        reason = err.args[0].decode(errors="replace") if err.args and isinstance(err.args[0], bytes) else str(err)
+        raise doc.error(path, f"invalid regular expression {value!r} (RE2 syntax): {reason}") from None
     return value
 
 
