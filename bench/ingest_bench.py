@@ -24,6 +24,7 @@ import numpy as np
 import pandas as pd
 
 from bench.figures import figure
+from workbench.datapath import abi
 from workbench.observe import events as ev
 from workbench.observe import synthetic
 from workbench.observe.store import FlowStore
@@ -54,7 +55,7 @@ def callback_rate(raw: bytes, n_events: int) -> tuple[float, int]:
     itemsize = ev.EVENT_DTYPE.itemsize
     # struct flow_event: 5 u64, 5 u32 (addresses network order), 5 u16, 7 u8, 3 pad
     layout = struct.Struct("<5Q2I3I5H7B3x")
-    verdicts = ev.VERDICT_CODES
+    verdicts = abi.VERDICT_NAMES
     rows: list[dict[str, Any]] = []
 
     def on_event(data: bytes) -> None:

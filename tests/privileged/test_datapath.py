@@ -19,18 +19,21 @@ import textwrap
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
 import pytest
 
-from workbench.datapath import abi as layout
+from workbench.datapath import abi
 from workbench.datapath.loader import Datapath
-from workbench.datapath.policymap import port_blocks
+from workbench.datapath.ringreader import RingReader
 from workbench.datapath.testbed import Testbed
 from workbench.errors import ValidationError
 from workbench.lab.model import PolicyEntry
 from workbench.node import netlink
+from workbench.policy.compiler import live_edit, map_entries
+from workbench.policy.ports import port_blocks
 
 A, B, C = 300, 301, 302
 TCP, UDP = 6, 17
@@ -68,6 +71,21 @@ def clean(bed: Testbed) -> Iterator[Testbed]:
     yield bed
     bed.datapath.policy_writer().apply([], set())
     bed.datapath.set_audit(None, False)
+
+
+@contextmanager
+def events(bed: Testbed) -> Iterator[Callable[[], np.ndarray]]:
+    """The flow events from now on, read from the ring like the agent reads them; call to drain."""
+    with RingReader(bed.datapath.bpf[b"events"].map_fd) as reader:
+        reader.drain()  # what earlier tests left
+        seen: list[np.ndarray] = []
+
+        def drain() -> np.ndarray:
+            time.sleep(0.1)
+            seen.append(reader.drain())
+            return np.concatenate(seen)
+
+        yield drain
 
 
 def drop_count(bed: Testbed, reason: int, direction: str, verdict: str = "DROPPED") -> int:
@@ -181,7 +199,8 @@ def run_probe(bed: Testbed, p: Probe) -> bool:
 def test_policy_scenario(clean: Testbed, scenario: Scenario) -> None:
     bed = clean
     ids = {pod: ep.id for pod, ep in bed.endpoints.items()}
-    bed.datapath.policy_writer().apply(scenario.entries(ids), scenario.enforced(ids))
+    # the compiler plans the slots (deny precedence, ANY expansion); the writer writes them
+    bed.datapath.policy_writer().apply(map_entries(scenario.entries(ids)), scenario.enforced(ids))
     for probe in scenario.probes:
         before = drop_count(bed, probe.reason, probe.direction) if not probe.passes else 0
         ok = run_probe(bed, probe)
@@ -225,22 +244,18 @@ def test_audit_mode_passes_and_counts_the_would_be_drop(clean: Testbed) -> None:
     b = bed.endpoints["b"]
     bed.datapath.policy_writer().apply([], {(b.id, "ingress")})
     bed.datapath.set_audit(b.id, True)
-    seen: list[np.ndarray] = []
-    bed.datapath.open_events(seen.append)
-    bed.datapath.poll_events(0)
-    seen.clear()
-    audited = drop_count(bed, 133, "INGRESS", verdict="AUDIT")
-    assert bed.tcp("a", "b", 80)
-    assert drop_count(bed, 133, "INGRESS", verdict="AUDIT") > audited
-    bed.datapath.poll_events(100)
-    ev = np.concatenate(seen)
-    ev = ev[(ev["dport"] == 80) & (ev["direction"] == layout.DIR_INGRESS)]
-    verdicts = ev[ev["event_type"] == layout.EVENT_POLICY_VERDICT]
+    with events(bed) as drain:
+        audited = drop_count(bed, 133, "INGRESS", verdict="AUDIT")
+        assert bed.tcp("a", "b", 80)
+        assert drop_count(bed, 133, "INGRESS", verdict="AUDIT") > audited
+        ev = drain()
+    ev = ev[(ev["dport"] == 80) & (ev["direction"] == abi.DIR_INGRESS)]
+    verdicts = ev[ev["event_type"] == abi.EVENT_POLICY_VERDICT]
     assert [(int(v), int(r)) for v, r in zip(verdicts["verdict"], verdicts["drop_reason"], strict=True)] == \
-        [(layout.VERDICTS["AUDIT"], 133)]
-    traces = ev[ev["event_type"] == layout.EVENT_TRACE]
-    assert list(traces["verdict"]) == [layout.VERDICTS["FORWARDED"]]
-    assert not (ev["event_type"] == layout.EVENT_DROP).any()
+        [(abi.VERDICTS["AUDIT"], 133)]
+    traces = ev[ev["event_type"] == abi.EVENT_TRACE]
+    assert list(traces["verdict"]) == [abi.VERDICTS["FORWARDED"]]
+    assert not (ev["event_type"] == abi.EVENT_DROP).any()
     bed.datapath.set_audit(b.id, False)
     assert not bed.tcp("a", "b", 81)
     with pytest.raises(Exception, match="no endpoint 999"):
@@ -250,30 +265,26 @@ def test_audit_mode_passes_and_counts_the_would_be_drop(clean: Testbed) -> None:
 def test_events_report_drops_verdicts_traces_and_connection_totals(clean: Testbed) -> None:
     bed = clean
     b = bed.endpoints["b"]
-    seen: list[np.ndarray] = []
-    bed.datapath.open_events(seen.append)
-    bed.datapath.poll_events(0)
-    seen.clear()
-    bed.datapath.policy_writer().apply([PolicyEntry(b.id, "ingress", A, TCP, 80, 16)], {(b.id, "ingress")})
-    assert not bed.tcp("c", "b", 80)
-    with bed.connection("a", "b", 80) as conn:
-        conn.sendall(b"x" * 100)
-        assert conn.recv(200)
-    time.sleep(0.2)  # FIN/ACK exchange after close
-    bed.datapath.poll_events(100)
-    ev = np.concatenate(seen)
+    with events(bed) as drain:
+        bed.datapath.policy_writer().apply([PolicyEntry(b.id, "ingress", A, TCP, 80, 16)], {(b.id, "ingress")})
+        assert not bed.tcp("c", "b", 80)
+        with bed.connection("a", "b", 80) as conn:
+            conn.sendall(b"x" * 100)
+            assert conn.recv(200)
+        time.sleep(0.2)  # FIN/ACK exchange after close
+        ev = drain()
     to_b = ev[(ev["dport"] == 80) & (ev["daddr"] == int.from_bytes(bytes(map(int, b.ipv4.split("."))), "little"))]
-    drops = to_b[to_b["event_type"] == layout.EVENT_DROP]
+    drops = to_b[to_b["event_type"] == abi.EVENT_DROP]
     assert len(drops) and (drops["drop_reason"] == 133).all() and (drops["src_identity"] == C).all()
-    assert (drops["verdict"] == layout.VERDICTS["DROPPED"]).all()
-    verdicts = to_b[(to_b["event_type"] == layout.EVENT_POLICY_VERDICT) & (to_b["direction"] == layout.DIR_INGRESS)]
-    allowed = verdicts[verdicts["verdict"] == layout.VERDICTS["FORWARDED"]]
-    assert len(allowed) == 1 and allowed["match_type"][0] == layout.MATCH_L3_L4
+    assert (drops["verdict"] == abi.VERDICTS["DROPPED"]).all()
+    verdicts = to_b[(to_b["event_type"] == abi.EVENT_POLICY_VERDICT) & (to_b["direction"] == abi.DIR_INGRESS)]
+    allowed = verdicts[verdicts["verdict"] == abi.VERDICTS["FORWARDED"]]
+    assert len(allowed) == 1 and allowed["match_type"][0] == abi.MATCH_L3_L4
     assert allowed["src_identity"][0] == A and allowed["dst_identity"][0] == B
     assert allowed["tcp_flags"][0] == 0x02 and allowed["ep_id"][0] == b.id
-    traces = to_b[to_b["event_type"] == layout.EVENT_TRACE]
-    assert {int(d) for d in traces["direction"]} == {layout.DIR_INGRESS, layout.DIR_EGRESS}
-    ends = to_b[(to_b["event_type"] == layout.EVENT_CONN_END) & (to_b["direction"] == layout.DIR_INGRESS)]
+    traces = to_b[to_b["event_type"] == abi.EVENT_TRACE]
+    assert {int(d) for d in traces["direction"]} == {abi.DIR_INGRESS, abi.DIR_EGRESS}
+    ends = to_b[(to_b["event_type"] == abi.EVENT_CONN_END) & (to_b["direction"] == abi.DIR_INGRESS)]
     assert len(ends) == 1
     assert ends["packets"][0] >= 4 and ends["reply_packets"][0] >= 3 and ends["bytes"][0] > 100
     assert bed.datapath.lost_events() == 0
@@ -285,25 +296,29 @@ def test_live_edits_take_effect_on_the_next_connection(clean: Testbed) -> None:
     w = bed.datapath.policy_writer()
     w.apply([], {(b.id, "ingress")})
     assert not bed.tcp("a", "b", 80)
-    w.allow(b.id, "ingress", identity=A, protocol=TCP, port=80)
+    # what policy.map.edit does: the compiler plans the edit, the writer runs it on the live map
+    w.edit(live_edit("allow", b.id, "ingress", identity=A, protocol=TCP, port=80))
     assert bed.tcp("a", "b", 80)
-    w.deny(b.id, "ingress", identity=A)
+    w.edit(live_edit("deny", b.id, "ingress", identity=A))
     assert not bed.tcp("a", "b", 80)
     table = w.entries()
     assert set(table.action) == {"deny"} and table.shadowed.any()
-    assert w.remove(b.id, "ingress", identity=A) == 1
+    assert w.edit(live_edit("remove", b.id, "ingress", identity=A)) == 1
     assert bed.tcp("a", "b", 80), "removing the deny brings the shadowed allow back"
-    w.allow(b.id, "ingress", protocol=TCP, port=8080, end_port=8083)
+    w.edit(live_edit("allow", b.id, "ingress", protocol=TCP, port=8080, end_port=8083))
     assert bed.tcp("c", "b", 8082) and not bed.tcp("c", "b", 8084)
     rows = w.entries()
     assert rows[rows.port == 80].packets.iloc[0] >= 2, "counters carry over edits"
     assert w.enforced() == {(b.id, "ingress")}
-    w.allow(b.id, "ingress", identity=A, protocol=0, port=53)  # ANY: TCP, UDP and SCTP keys
+    w.edit(live_edit("allow", b.id, "ingress", identity=A, protocol=0, port=53))  # ANY: TCP, UDP and SCTP keys
     assert bed.udp("a", "b", 53)
-    assert w.remove(b.id, "ingress", identity=A, protocol=0, port=53) == 3
+    assert w.edit(live_edit("remove", b.id, "ingress", identity=A, protocol=0, port=53)) == 3
     assert not bed.udp("a", "b", 53, timeout=0.5)
-    assert w.remove(b.id, "ingress", protocol=TCP, port=8080, end_port=8083) == 1
+    assert w.edit(live_edit("remove", b.id, "ingress", protocol=TCP, port=8080, end_port=8083)) == 1
     assert list(w.entries().port) == [80]
+    generation = w.active_generation()
+    assert w.edit(live_edit("remove", b.id, "ingress", identity=C)) == 0
+    assert w.active_generation() == generation, "an edit that changes nothing writes nothing"
 
 
 def test_detach_removes_enforcement_and_attach_restores_it(clean: Testbed) -> None:
@@ -429,7 +444,7 @@ def test_policy_survives_sigkill_of_the_agent_and_a_new_agent_reattaches() -> No
         assert bed.tcp("a", "b", 80) and not bed.tcp("c", "b", 80)
         w = bed.datapath.policy_writer()
         assert list(w.entries().identity) == [A]
-        w.allow(b.id, "ingress", identity=C, protocol=TCP, port=80)
+        w.edit(live_edit("allow", b.id, "ingress", identity=C, protocol=TCP, port=80))
         assert bed.tcp("c", "b", 80)
         bed.datapath.close()  # an agent that stops cleanly leaves the datapath running too
         bed.datapath = None
@@ -452,27 +467,25 @@ def test_live_connections_report_totals_periodically_and_conntrack_lists_them() 
     with Testbed.create(lab_name(), {"a": A, "b": B}, datapath_options=options) as bed:
         bed.serve("b", 80)
         b = bed.endpoints["b"]
-        seen: list[np.ndarray] = []
-        bed.datapath.open_events(seen.append)
-        bed.datapath.policy_writer().apply([PolicyEntry(b.id, "ingress", A, TCP, 80, 16, proxy_port=15001)],
-                                           {(b.id, "ingress")})
-        with bed.connection("a", "b", 80) as conn:
-            for _ in range(8):
-                conn.sendall(b"tick")
-                assert conn.recv(16) == b"tick"
-                time.sleep(0.06)
-            table = bed.datapath.conntrack()
-            ingress = table[(table.direction == "INGRESS") & (table.dst_port == 80)]
-            assert len(ingress) == 1 and ingress.verdict.iloc[0] == "REDIRECTED"
-            assert ingress.proxy_port.iloc[0] == 15001 and ingress.packets.iloc[0] >= 9
-            assert not ingress.closed.iloc[0]
-        bed.datapath.poll_events(100)
-        ev = np.concatenate(seen)
-        stats = ev[(ev["event_type"] == layout.EVENT_CONN_STATS) & (ev["direction"] == layout.DIR_INGRESS)]
+        with events(bed) as drain:
+            bed.datapath.policy_writer().apply([PolicyEntry(b.id, "ingress", A, TCP, 80, 16, proxy_port=15001)],
+                                               {(b.id, "ingress")})
+            with bed.connection("a", "b", 80) as conn:
+                for _ in range(8):
+                    conn.sendall(b"tick")
+                    assert conn.recv(16) == b"tick"
+                    time.sleep(0.06)
+                table = bed.datapath.conntrack()
+                ingress = table[(table.direction == "INGRESS") & (table.dst_port == 80)]
+                assert len(ingress) == 1 and ingress.verdict.iloc[0] == "REDIRECTED"
+                assert ingress.proxy_port.iloc[0] == 15001 and ingress.packets.iloc[0] >= 9
+                assert not ingress.closed.iloc[0]
+            ev = drain()
+        stats = ev[(ev["event_type"] == abi.EVENT_CONN_STATS) & (ev["direction"] == abi.DIR_INGRESS)]
         assert len(stats) >= 2
         assert list(stats["packets"]) == sorted(stats["packets"]) and stats["packets"][-1] > stats["packets"][0]
-        verdict = ev[(ev["event_type"] == layout.EVENT_POLICY_VERDICT) & (ev["direction"] == layout.DIR_INGRESS)]
-        assert verdict["verdict"][0] == layout.VERDICTS["REDIRECTED"] and verdict["proxy_port"][0] == 15001
+        verdict = ev[(ev["event_type"] == abi.EVENT_POLICY_VERDICT) & (ev["direction"] == abi.DIR_INGRESS)]
+        assert verdict["verdict"][0] == abi.VERDICTS["REDIRECTED"] and verdict["proxy_port"][0] == 15001
 
 
 def test_events_that_do_not_fit_the_ring_are_counted_as_lost() -> None:

@@ -7,15 +7,14 @@ import ctypes
 import numpy as np
 import pytest
 
-from workbench.datapath import abi as layout
-from workbench.datapath import build
+from workbench.datapath import abi, build
 
 MIRRORS = {
-    "flow_event": layout.FLOW_EVENT_DTYPE,
-    "policy_key": layout.POLICY_KEY_DTYPE,
-    "policy_value": layout.POLICY_VALUE_DTYPE,
-    "ct_key": layout.CT_KEY_DTYPE,
-    "ct_value": layout.CT_VALUE_DTYPE,
+    "flow_event": abi.FLOW_EVENT_DTYPE,
+    "policy_key": abi.POLICY_KEY_DTYPE,
+    "policy_value": abi.POLICY_VALUE_DTYPE,
+    "ct_key": abi.CT_KEY_DTYPE,
+    "ct_value": abi.CT_VALUE_DTYPE,
 }
 
 
@@ -51,7 +50,7 @@ def test_mirror_matches_the_c_struct(bcc_types: dict[str, type], name: str) -> N
 def test_a_record_written_in_c_layout_decodes_in_numpy(bcc_types: dict[str, type]) -> None:
     ev = bcc_types["flow_event"]()
     ev.ktime_ns, ev.sport, ev.dport, ev.drop_reason, ev.verdict, ev.match_type = 7, 1234, 80, 133, 2, 3
-    rec = np.frombuffer(bytes(ev), dtype=layout.FLOW_EVENT_DTYPE)[0]
+    rec = np.frombuffer(bytes(ev), dtype=abi.FLOW_EVENT_DTYPE)[0]
     assert (rec["ktime_ns"], rec["sport"], rec["dport"], rec["drop_reason"]) == (7, 1234, 80, 133)
-    assert layout.VERDICT_NAMES[int(rec["verdict"])] == "DROPPED"
-    assert layout.MATCH_TYPE_NAMES[int(rec["match_type"])] == "L4-Only"
+    assert abi.VERDICT_NAMES[int(rec["verdict"])] == "DROPPED"
+    assert abi.MATCH_TYPE_NAMES[int(rec["match_type"])] == "L4-Only"

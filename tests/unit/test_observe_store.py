@@ -151,3 +151,30 @@ def test_connection_totals_sum_both_directions():
                                     reply_bytes=1200)]))
     row = s.frame().iloc[0]
     assert row.bytes == 1700 and row.event_type == "trace" and row.summary == "connection end totals"
+
+
+def test_raw_records_decode_into_hubbles_vocabulary():
+    """Records written with the datapath's codes (as the ring reader hands them over) -> named columns."""
+    from workbench.datapath import abi
+
+    rec = np.zeros(3, ev.EVENT_DTYPE)
+    rec["saddr"] = int.from_bytes(bytes([10, 77, 0, 10]), "little")
+    rec["daddr"] = int.from_bytes(bytes([10, 77, 0, 11]), "little")
+    rec["sport"], rec["dport"], rec["proto"], rec["tcp_flags"] = 40000, 80, abi.IPPROTO_TCP, abi.TCP_SYN | abi.TCP_ACK
+    rec["verdict"] = [abi.VERDICT_DROPPED, abi.VERDICT_AUDIT, abi.VERDICT_DROPPED]
+    rec["drop_reason"] = [abi.DROP_POLICY_DENY, abi.DROP_POLICY_DENIED, abi.DROP_FRAG_NOT_FOUND]
+    rec["event_type"] = [abi.EVENT_DROP, abi.EVENT_POLICY_VERDICT, abi.EVENT_DROP]
+    rec["direction"] = [abi.DIR_INGRESS, abi.DIR_EGRESS, abi.DIR_EGRESS]
+    rec["match_type"] = [abi.MATCH_NONE, abi.MATCH_L3_L4, abi.MATCH_NONE]
+    rec["ktime_ns"] = [1_000, 2_000, 3_000]
+    store = FlowStore()
+    assert store.ingest(ev.decode(rec.tobytes())) == 3
+    df = store.frame()
+    assert df.src_ip.tolist() == ["10.77.0.10"] * 3 and df.dst_ip.tolist() == ["10.77.0.11"] * 3
+    assert df.verdict.tolist() == ["DROPPED", "AUDIT", "DROPPED"]
+    assert df.drop_reason_desc.tolist() == ["POLICY_DENY", "POLICY_DENIED", "FIRST_LOGICAL_DATAGRAM_FRAGMENT_NOT_FOUND"]
+    assert df.event_type.tolist() == ["drop", "policy-verdict", "drop"]
+    assert df.traffic_direction.tolist() == ["INGRESS", "EGRESS", "EGRESS"]
+    assert df.policy_match_type.tolist()[1] == "L3-L4"
+    assert df.tcp_flags.tolist() == ["SYN,ACK"] * 3 and df.protocol.tolist() == ["TCP"] * 3
+    assert df.time.iloc[1] - df.time.iloc[0] == pd.Timedelta(1000, "ns")

@@ -16,10 +16,12 @@ from typing import Any
 import pytest
 import yaml
 
+from workbench.errors import ValidationError
 from workbench.lab.identity import IdentityAllocator, identity_labels
 from workbench.lab.model import Endpoint, PolicyEntry
 from workbench.policy import CompiledPolicy, compile_policies, diff, explain, explain_frame, load_documents
 from workbench.policy.cidr import LOCAL_IDENTITY_SCOPE
+from workbench.policy.compiler import live_edit, map_entries
 from workbench.policy.ports import block_range
 
 NAMESPACES = {
@@ -570,3 +572,78 @@ def test_module_doctests() -> None:
         module = importlib.import_module(f"workbench.policy.{name}")
         result = doctest.testmod(module)
         assert result.failed == 0, name
+
+
+# ---- the map's slots and live edits (the compiler owns deny precedence) -----------------------------
+
+
+def _by_slot(entries: list[PolicyEntry]) -> dict[tuple[int, int, int, int], tuple[bool, bool]]:
+    return {(e.identity, e.protocol, e.port, e.port_prefix): (e.deny, e.shadowed)
+            for e in map_entries(entries) if e.direction == "ingress"}
+
+
+def test_allow_under_a_covering_deny_is_planned_as_a_shadowed_deny() -> None:
+    got = _by_slot([
+        PolicyEntry(1, "ingress", 300, 6, 80, 16),                # under the L3 deny
+        PolicyEntry(1, "ingress", 300, 0, 0, 0, deny=True),
+        PolicyEntry(1, "ingress", 301, 6, 8080, 16),              # under 301's range deny
+        PolicyEntry(1, "ingress", 301, 6, 8080, 14, deny=True),
+        PolicyEntry(1, "ingress", 301, 6, 9000, 16),              # outside it: stays allow
+        PolicyEntry(1, "ingress", 302, 6, 0, 0),                  # wider than the deny: stays allow
+        PolicyEntry(1, "ingress", 302, 6, 22, 16, deny=True),
+        PolicyEntry(1, "egress", 300, 6, 80, 16),                 # other direction: stays allow
+        PolicyEntry(1, "ingress", 0, 6, 80, 16),                  # other identity bucket: stays allow
+    ])
+    assert got[(300, 6, 80, 16)] == (True, True)
+    assert got[(301, 6, 8080, 16)] == (True, True)
+    assert got[(301, 6, 9000, 16)] == (False, False)
+    assert got[(302, 6, 0, 0)] == (False, False)
+    assert got[(302, 6, 22, 16)] == (True, False)
+    assert got[(0, 6, 80, 16)] == (False, False)
+    egress = [e for e in map_entries([PolicyEntry(1, "egress", 300, 6, 80, 16),
+                                      PolicyEntry(1, "ingress", 300, 0, 0, 0, deny=True)]) if e.direction == "egress"]
+    assert [(e.deny, e.shadowed) for e in egress] == [(False, False)]
+
+
+def test_equal_keys_merge_with_deny_winning_and_rules_united() -> None:
+    (slot,) = map_entries([
+        PolicyEntry(1, "ingress", 300, 6, 80, 16, proxy_port=15000, rules=("default/a",)),
+        PolicyEntry(1, "ingress", 300, 6, 80, 16, deny=True, rules=("default/b",)),
+    ])
+    assert slot.deny and not slot.shadowed and slot.proxy_port == 0
+    assert slot.rules == ("default/a", "default/b")
+
+
+def test_a_port_with_any_protocol_becomes_tcp_udp_sctp_and_ports_start_their_block() -> None:
+    slots = map_entries([PolicyEntry(1, "ingress", 0, 0, 53, 16), PolicyEntry(1, "ingress", 0, 6, 8081, 14)])
+    assert sorted((e.protocol, e.port, e.port_prefix) for e in slots) == \
+        [(6, 53, 16), (6, 8080, 14), (17, 53, 16), (132, 53, 16)]
+    assert {e.match_type for e in slots} == {"L4-Only"}
+
+
+def test_planning_is_idempotent_and_compiled_entries_are_already_slots() -> None:
+    entries = [PolicyEntry(1, "ingress", 300, 6, 80, 16), PolicyEntry(1, "ingress", 300, 0, 0, 0, deny=True),
+               PolicyEntry(1, "ingress", 0, 0, 53, 16)]
+    once = map_entries(entries)
+    assert map_entries(once) == once
+    compiled = compile_text(RULE1)
+    assert map_entries(compiled.entries) == compiled.entries
+
+
+def test_live_edits_add_deny_and_remove_with_shadowed_allows_coming_back() -> None:
+    slots, _ = live_edit("allow", 3, "ingress", identity=300, protocol=6, port=80)([])
+    slots, _ = live_edit("deny", 3, "ingress", identity=300)(slots)
+    assert {(e.protocol, e.deny, e.shadowed) for e in slots} == {(0, True, False), (6, True, True)}
+    slots, removed = live_edit("remove", 3, "ingress", identity=300)(slots)
+    assert removed == 1
+    assert [(e.protocol, e.port, e.deny, e.shadowed, e.rules) for e in slots] == [(6, 80, False, False, ("live-edit",))]
+    slots, _ = live_edit("allow", 3, "ingress", protocol=6, port=8080, end_port=8083)(slots)
+    slots, _ = live_edit("allow", 3, "ingress", identity=300, port=53)(slots)   # ANY: TCP, UDP and SCTP keys
+    assert len(slots) == 5
+    slots, removed = live_edit("remove", 3, "ingress", identity=300, port=53)(slots)
+    assert removed == 3
+    slots, removed = live_edit("remove", 3, "ingress", protocol=6, port=8080, end_port=8083)(slots)
+    assert removed == 1 and [e.port for e in slots] == [80]
+    assert live_edit("remove", 3, "ingress", identity=999)(slots) == (slots, 0)
+    with pytest.raises(ValidationError, match="allow, deny or remove"):
+        live_edit("flip", 3, "ingress")  # type: ignore[arg-type]

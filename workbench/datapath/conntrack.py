@@ -14,7 +14,7 @@ from typing import Any
 
 import pandas as pd
 
-from workbench.datapath import abi as layout
+from workbench.datapath import abi
 
 CT_COLUMNS = ["direction", "protocol", "src_ip", "dst_ip", "src_port", "dst_port", "ep_id",
               "src_identity", "dst_identity", "verdict", "match_type", "proxy_port", "packets", "bytes",
@@ -35,16 +35,16 @@ def conntrack_table(bpf: Any) -> pd.DataFrame:
     rows = []
     for key, value in bpf[b"conntrack"].items():
         rows.append({
-            "direction": layout.DIRECTION_NAMES.get(int(key.direction), str(key.direction)),
-            "protocol": layout.PROTOCOL_NAMES.get(int(key.proto), str(key.proto)),
+            "direction": abi.DIRECTION_NAMES.get(int(key.direction), str(key.direction)),
+            "protocol": abi.PROTOCOL_NAMES.get(int(key.proto), str(key.proto)),
             "src_ip": _ip(key.saddr), "dst_ip": _ip(key.daddr),
             "src_port": _port(key.sport), "dst_port": _port(key.dport), "ep_id": int(value.ep_id),
             "src_identity": int(value.src_identity), "dst_identity": int(value.dst_identity),
-            "verdict": layout.VERDICT_NAMES.get(int(value.verdict), str(value.verdict)),
-            "match_type": layout.MATCH_TYPE_NAMES.get(int(value.match_type), "none"),
+            "verdict": abi.VERDICT_NAMES.get(int(value.verdict), str(value.verdict)),
+            "match_type": abi.MATCH_TYPE_NAMES.get(int(value.match_type), str(value.match_type)),
             "proxy_port": int(value.proxy_port), "packets": int(value.packets), "bytes": int(value.bytes),
             "reply_packets": int(value.reply_packets), "reply_bytes": int(value.reply_bytes),
-            "closed": bool(int(value.flags) & (0x4 | 0x8)),
+            "closed": bool(int(value.flags) & (abi.CT_RST | abi.CT_ENDED)),
             "age_s": max(0, now_ns - int(value.created_ns)) / 1e9,
             "idle_s": max(0, now_ns - int(value.last_seen_ns)) / 1e9,
         })

@@ -16,19 +16,14 @@ Example::
 
 from __future__ import annotations
 
-import ctypes
 import errno
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
-import numpy as np
 import pandas as pd
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
-from workbench.datapath import abi as layout
-from workbench.datapath import build
+from workbench.datapath import abi, build
 from workbench.datapath.policymap import PolicyMapWriter
 from workbench.errors import NotFoundError
 from workbench.lab.model import Endpoint
@@ -36,7 +31,7 @@ from workbench.node import netlink
 
 ENTRY_FILE = "lxc.bpf.c"
 # (program, clsact parent): TC ingress on lxc sees what the pod sends.
-PROGRAMS = (("from_container", "ffff:fff2"), ("to_container", "ffff:fff3"))
+PROGRAMS = (("from_container", netlink.CLSACT_INGRESS), ("to_container", netlink.CLSACT_EGRESS))
 # Our filters' place on the lxc device; user programs (%%ebpf tc) use other prios.
 FILTER_PRIO = 1
 FILTER_HANDLE = ":1"
@@ -70,8 +65,6 @@ class Datapath:
         self.bpf = build.compile_inlined(ENTRY_FILE, lab, flags)
         self._programs = {name: self.bpf.load_func(name, BPF.SCHED_CLS) for name, _ in PROGRAMS}
         self._writer: PolicyMapWriter | None = None
-        self._ring_open = False
-        self._event_callback: Callable[[np.ndarray], None] | None = None
 
     # -- attaching -------------------------------------------------------------------------
     def _write_endpoint(self, ep: Endpoint, ifindex: int) -> None:
@@ -161,7 +154,7 @@ class Datapath:
                 continue
             found = True
             flags = int(info.flags)
-            flags = flags | layout.EP_AUDIT if on else flags & ~layout.EP_AUDIT
+            flags = flags | abi.EP_AUDIT if on else flags & ~abi.EP_AUDIT
             table[key] = table.Leaf(info.ep_id, info.identity, info.ipv4, flags)
         if ep_id is not None and not found:
             known = sorted(int(v.ep_id) for v in table.values())
@@ -176,37 +169,18 @@ class Datapath:
         return self._writer
 
     # -- observing -------------------------------------------------------------------------
-    def open_events(self, callback: Callable[[np.ndarray], None]) -> None:
-        """Call ``callback`` with each flow event (a 1-record array of FLOW_EVENT_DTYPE) on :meth:`poll_events`.
-
-        Calling it again replaces the callback (BCC opens a ring only once).
-        """
-        self._event_callback = callback
-        if self._ring_open:
-            return
-
-        def on_event(_ctx: Any, data: Any, size: int) -> int:
-            record = np.frombuffer(ctypes.string_at(data, size), dtype=layout.FLOW_EVENT_DTYPE, count=1)
-            if self._event_callback is not None:
-                self._event_callback(record)
-            return 0
-
-        self.bpf[b"events"].open_ring_buffer(on_event)
-        self._ring_open = True
-
-    def poll_events(self, timeout_ms: int = 100) -> None:
-        """Deliver pending events to the callback given to :meth:`open_events`."""
-        self.bpf.ring_buffer_poll(timeout_ms)
-
     def metrics(self) -> pd.DataFrame:
-        """Datapath counters summed over CPUs: verdict, direction, drop_reason, packets, bytes."""
+        """Datapath counters summed over CPUs: verdict, direction, drop_reason(_desc), packets, bytes.
+
+        Flows come from the ring buffer through :class:`workbench.datapath.ringreader.RingReader`.
+        """
         rows = []
         for key, per_cpu in self.bpf[b"metrics"].items():
             rows.append({
-                "verdict": layout.VERDICT_NAMES.get(int(key.verdict), str(key.verdict)),
-                "direction": layout.DIRECTION_NAMES.get(int(key.direction), str(key.direction)),
+                "verdict": abi.VERDICT_NAMES.get(int(key.verdict), str(key.verdict)),
+                "direction": abi.DIRECTION_NAMES.get(int(key.direction), str(key.direction)),
                 "drop_reason": int(key.reason),
-                "drop_reason_desc": layout.DROP_REASON_NAMES.get(int(key.reason), str(key.reason)),
+                "drop_reason_desc": abi.drop_reason_name(int(key.reason)),
                 "packets": sum(int(v.packets) for v in per_cpu),
                 "bytes": sum(int(v.bytes) for v in per_cpu),
             })

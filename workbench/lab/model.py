@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
+from workbench.datapath import abi
+
 Direction = Literal["ingress", "egress"]
 
 # Reserved identities (Cilium numbering, docs/policy.md); cluster identities from 256.
@@ -28,7 +30,8 @@ RESERVED_IDENTITIES: dict[int, tuple[str, ...]] = {
 NAMESPACE_LABEL = "io.kubernetes.pod.namespace"
 NAMESPACE_LABELS_PREFIX = "io.cilium.k8s.namespace.labels."
 
-PROTOCOLS = {"TCP": 6, "UDP": 17, "ICMP": 1, "ANY": 0}
+# Protocol names as policies and services spell them -> IP protocol number (0: any).
+PROTOCOLS = abi.POLICY_PROTOCOLS
 
 
 def label_tuple(labels: dict[str, str], source: str = "k8s") -> tuple[str, ...]:
@@ -105,7 +108,9 @@ class PolicyEntry:
 
     ``identity`` 0 means any peer; ``protocol`` 0 any protocol (then port is 0);
     ``port_prefix`` is how many leading bits of ``port`` must match (16 exact,
-    0 any), so a port range becomes a few prefix blocks.
+    0 any), so a port range becomes a few prefix blocks. ``shadowed`` marks a
+    deny the map holds in place of an allow that a covering deny overrides (the
+    compiler decides that); a live edit that removes the deny brings the allow back.
     """
 
     ep_id: int
@@ -117,14 +122,13 @@ class PolicyEntry:
     deny: bool = False
     proxy_port: int = 0
     rules: tuple[str, ...] = ()   # "namespace/name" of the policies that produced it
+    shadowed: bool = False
 
     @property
     def match_type(self) -> str:
         """Hubble's policy_match_type for a verdict decided by this entry."""
-        if self.identity == 0 and self.protocol == 0:
-            return "all"
         if self.identity == 0:
-            return "L4-Only"
-        if self.protocol == 0:
-            return "L3-Only"
-        return "L3-L4"
+            code = abi.MATCH_ALL if self.protocol == abi.PROTO_ANY else abi.MATCH_L4_ONLY
+        else:
+            code = abi.MATCH_L3_ONLY if self.protocol == abi.PROTO_ANY else abi.MATCH_L3_L4
+        return abi.MATCH_TYPE_NAMES[code]

@@ -92,6 +92,12 @@ def link_index(ipr: IPRoute, ifname: str) -> int:
     return int(found[0])
 
 
+# The clsact qdisc's two hooks (TC_H_MAKE(TC_H_CLSACT, TC_H_MIN_INGRESS / _EGRESS)): the parent of a
+# TC filter. "ingress" is what the device receives: on a pod's host-side veth, what the pod sends.
+CLSACT_INGRESS = 0xFFFFFFF2
+CLSACT_EGRESS = 0xFFFFFFF3
+
+
 def ensure_clsact(ipr: IPRoute, index: int) -> None:
     """Add the clsact qdisc unless it is there."""
     try:

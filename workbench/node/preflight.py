@@ -238,7 +238,7 @@ def _attach_checks() -> list[Check]:
         def tc() -> str:
             with IPRoute(netns=ns) as ipr:
                 netlink.ensure_clsact(ipr, index)
-                for parent in ("ffff:fff2", "ffff:fff3"):
+                for parent in (netlink.CLSACT_INGRESS, netlink.CLSACT_EGRESS):
                     ipr.tc("add-filter", "bpf", index, ":1", fd=tc_fn.fd, name=tc_fn.name,
                            parent=parent, classid=1, direct_action=True)
             return "clsact ingress and egress filters attached"

@@ -30,7 +30,7 @@ PROG_TYPES = {"xdp": 6, "tc": 3, "cgroup_skb": 8, "connect4": 18, "tracepoint": 
 ATTACH_CGROUP_INGRESS, ATTACH_CGROUP_EGRESS, ATTACH_INET4_CONNECT = 0, 1, 10
 BPF_F_ALLOW_MULTI = 2
 XDP_FLAGS_UPDATE_IF_NOEXIST, XDP_FLAGS_SKB_MODE, XDP_FLAGS_DRV_MODE = 1, 2, 4
-TC_PARENTS = {"ingress": 0xFFFFFFF2, "egress": 0xFFFFFFF3}
+TC_PARENTS = {"ingress": netlink.CLSACT_INGRESS, "egress": netlink.CLSACT_EGRESS}
 TC_HANDLE = 1
 # User TC filters take priorities from here, after the lab datapath's (low) ones.
 TC_USER_PRIO_BASE = 0xC000

@@ -16,11 +16,13 @@ import pandas as pd
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest, start_http_server
 from prometheus_client.parser import text_string_to_metric_families
 
+from workbench.datapath import abi
 from workbench.observe import schema
 
 _HUBBLE_TYPE = {"trace": "Trace", "drop": "Drop", "policy-verdict": "PolicyVerdict", "l7": "L7"}
-_DROP = schema.EVENT_TYPES.index("drop")
-_POLICY_VERDICT = schema.EVENT_TYPES.index("policy-verdict")
+_DROP = schema.EVENT_TYPES.index(abi.EVENT_TYPE_NAMES[abi.EVENT_DROP])
+_POLICY_VERDICT = schema.EVENT_TYPES.index(abi.EVENT_TYPE_NAMES[abi.EVENT_POLICY_VERDICT])
+_VERDICT_UNKNOWN = abi.VERDICT_NAMES[abi.VERDICT_UNKNOWN]
 
 
 def flow_type_labels(event_type: str | None, direction: str | None) -> tuple[str, str]:
@@ -29,7 +31,7 @@ def flow_type_labels(event_type: str | None, direction: str | None) -> tuple[str
         return "Unknown", ""
     kind = _HUBBLE_TYPE[event_type]
     if event_type == "trace":
-        return kind, {"INGRESS": "to-endpoint", "EGRESS": "from-endpoint"}.get(direction or "", "")
+        return kind, abi.TRACE_POINT_BY_DIRECTION.get(direction or "", "")
     if event_type == "l7":
         return kind, "HTTP"
     return kind, ""
@@ -92,7 +94,7 @@ class FlowMetrics:
         for (e, d, v), n in _combos(et, direction, verdict, radix=(_R_TYPE, _R_DIR, _R_VERDICT)):
             kind, subtype = flow_type_labels(None if e < 0 else schema.EVENT_TYPES[e],
                                              None if d < 0 else schema.DIRECTIONS[d])
-            self.flows_processed.labels(kind, subtype, _name(schema.VERDICTS, v, "VERDICT_UNKNOWN")).inc(n)
+            self.flows_processed.labels(kind, subtype, _name(schema.VERDICTS, v, _VERDICT_UNKNOWN)).inc(n)
         drops = et == _DROP
         if drops.any():
             # Codes above 255 are not Cilium's; they count under DROP_REASON_UNKNOWN like in the frame.

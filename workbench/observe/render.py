@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from workbench.datapath import abi
 from workbench.errors import ValidationError
 from workbench.observe import schema
 
@@ -57,7 +58,7 @@ def compact_line(row: Any) -> str:
         kind = "http-response" if not _missing(row.http_code) else "http-request"
         what = f"{kind} {verdict}"
     else:
-        point = {"INGRESS": "to-endpoint", "EGRESS": "from-endpoint"}.get(str(row.traffic_direction), "trace")
+        point = abi.TRACE_POINT_BY_DIRECTION.get(str(row.traffic_direction), "trace")
         what = f"{point} {verdict}"
     arrow = "<-" if row.is_reply is True else "->"
     return (f"{stamp}: {_endpoint(row, 'src')} {_identity(row, 'src')} {arrow} "
@@ -86,7 +87,7 @@ def format_table(frame: pd.DataFrame) -> str:
         elif event == "drop":
             kind = str(row.drop_reason_desc)
         elif event == "trace":
-            kind = {"INGRESS": "to-endpoint", "EGRESS": "from-endpoint"}.get(str(row.traffic_direction), "trace")
+            kind = abi.TRACE_POINT_BY_DIRECTION.get(str(row.traffic_direction), "trace")
         else:
             kind = "http-response" if not _missing(row.http_code) else "http-request"
         stamp = row.time.strftime("%b %d %H:%M:%S.") + f"{row.time.microsecond // 1000:03d}"

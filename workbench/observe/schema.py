@@ -28,100 +28,22 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
+from workbench.datapath import abi
 from workbench.errors import ValidationError
 
-VERDICTS = ["FORWARDED", "DROPPED", "AUDIT", "REDIRECTED", "ERROR"]
-EVENT_TYPES = ["trace", "drop", "policy-verdict", "l7"]
-DIRECTIONS = ["INGRESS", "EGRESS"]
-PROTOCOLS = ["TCP", "UDP", "ICMPv4", "ICMPv6", "SCTP"]
-# IP protocol number -> Hubble's protocol name.
-IP_PROTOCOL_NAMES = {6: "TCP", 17: "UDP", 1: "ICMPv4", 58: "ICMPv6", 132: "SCTP"}
-MATCH_TYPES = ["none", "L3-Only", "L3-L4", "L4-Only", "all"]
+# The fixed vocabularies come from the datapath's one vocabulary (workbench.datapath.abi), in its
+# order; a flow never carries the "unknown" verdict, and "l7" rows come from the proxy.
+VERDICTS = [name for code, name in abi.VERDICT_NAMES.items() if code != abi.VERDICT_UNKNOWN]
+EVENT_TYPES = [*dict.fromkeys(abi.FLOW_EVENT_TYPE_NAMES.values()), abi.FLOW_EVENT_L7]
+DIRECTIONS = list(abi.DIRECTION_NAMES.values())
+PROTOCOLS = list(abi.PROTOCOL_NAMES.values())
+MATCH_TYPES = list(abi.MATCH_TYPE_NAMES.values())
 HTTP_METHODS = ["GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH"]
-# TCP flag bits in header order, named as Hubble prints them.
-TCP_FLAG_BITS = [(0x01, "FIN"), (0x02, "SYN"), (0x04, "RST"), (0x08, "PSH"), (0x10, "ACK"),
-                 (0x20, "URG"), (0x40, "ECE"), (0x80, "CWR")]
-
-# Cilium's drop reason codes (bpf/lib/common.h, api/v1/flow DropReason) and the
-# names Hubble shows in drop_reason_desc. 0 means "not dropped".
-DROP_REASONS: dict[int, str] = {
-    130: "INVALID_SOURCE_MAC",
-    131: "INVALID_DESTINATION_MAC",
-    132: "INVALID_SOURCE_IP",
-    133: "POLICY_DENIED",
-    134: "INVALID_PACKET_DROPPED",
-    135: "CT_TRUNCATED_OR_INVALID_HEADER",
-    136: "CT_MISSING_TCP_ACK_FLAG",
-    137: "CT_UNKNOWN_L4_PROTOCOL",
-    138: "CT_CANNOT_CREATE_ENTRY_FROM_PACKET",
-    139: "UNSUPPORTED_L3_PROTOCOL",
-    140: "MISSED_TAIL_CALL",
-    141: "ERROR_WRITING_TO_PACKET",
-    142: "UNKNOWN_L4_PROTOCOL",
-    143: "UNKNOWN_ICMPV4_CODE",
-    144: "UNKNOWN_ICMPV4_TYPE",
-    145: "UNKNOWN_ICMPV6_CODE",
-    146: "UNKNOWN_ICMPV6_TYPE",
-    147: "ERROR_RETRIEVING_TUNNEL_KEY",
-    148: "ERROR_RETRIEVING_TUNNEL_OPTIONS",
-    149: "INVALID_GENEVE_OPTION",
-    150: "UNKNOWN_L3_TARGET_ADDRESS",
-    151: "STALE_OR_UNROUTABLE_IP",
-    152: "NO_MATCHING_LOCAL_CONTAINER_FOUND",
-    153: "ERROR_WHILE_CORRECTING_L3_CHECKSUM",
-    154: "ERROR_WHILE_CORRECTING_L4_CHECKSUM",
-    155: "CT_MAP_INSERTION_FAILED",
-    156: "INVALID_IPV6_EXTENSION_HEADER",
-    157: "IP_FRAGMENTATION_NOT_SUPPORTED",
-    158: "SERVICE_BACKEND_NOT_FOUND",
-    160: "NO_TUNNEL_OR_ENCAPSULATION_ENDPOINT",
-    161: "FAILED_TO_INSERT_INTO_PROXYMAP",
-    162: "REACHED_EDT_RATE_LIMITING_DROP_HORIZON",
-    163: "UNKNOWN_CONNECTION_TRACKING_STATE",
-    164: "LOCAL_HOST_IS_UNREACHABLE",
-    165: "NO_CONFIGURATION_AVAILABLE_TO_PERFORM_POLICY_DECISION",
-    166: "UNSUPPORTED_L2_PROTOCOL",
-    167: "NO_MAPPING_FOR_NAT_MASQUERADE",
-    168: "UNSUPPORTED_PROTOCOL_FOR_NAT_MASQUERADE",
-    169: "FIB_LOOKUP_FAILED",
-    170: "ENCAPSULATION_TRAFFIC_IS_PROHIBITED",
-    171: "INVALID_IDENTITY",
-    172: "UNKNOWN_SENDER",
-    173: "NAT_NOT_NEEDED",
-    174: "IS_A_CLUSTERIP",
-    175: "FIRST_LOGICAL_DATAGRAM_FRAGMENT_NOT_FOUND",
-    176: "FORBIDDEN_ICMPV6_MESSAGE",
-    177: "DENIED_BY_LB_SRC_RANGE_CHECK",
-    178: "SOCKET_LOOKUP_FAILED",
-    179: "SOCKET_ASSIGN_FAILED",
-    180: "PROXY_REDIRECTION_NOT_SUPPORTED_FOR_PROTOCOL",
-    181: "POLICY_DENY",
-    182: "VLAN_FILTERED",
-    183: "INVALID_VNI",
-    184: "INVALID_TC_BUFFER",
-    185: "NO_SID",
-    186: "MISSING_SRV6_STATE",
-    187: "NAT46",
-    188: "NAT64",
-    189: "AUTH_REQUIRED",
-    190: "CT_NO_MAP_FOUND",
-    191: "SNAT_NO_MAP_FOUND",
-    192: "INVALID_CLUSTER_ID",
-    193: "UNSUPPORTED_PROTOCOL_FOR_DSR_ENCAP",
-    194: "NO_EGRESS_GATEWAY",
-    196: "TTL_EXCEEDED",
-    197: "NO_NODE_ID",
-    202: "DROP_HOST_NOT_READY",
-    203: "DROP_EP_NOT_READY",
-}
-DROP_REASON_UNKNOWN = "DROP_REASON_UNKNOWN"
+# drop_reason_desc: Hubble's DropReason enum names; 0 (and any code Cilium lacks) is DROP_REASON_UNKNOWN.
+DROP_REASONS = abi.DROP_REASON_NAMES
+DROP_REASON_UNKNOWN = abi.DROP_REASON_UNKNOWN
 DROP_REASON_NAMES = [DROP_REASON_UNKNOWN, *DROP_REASONS.values()]
-DROP_REASON_CODES = {name: code for code, name in DROP_REASONS.items()}
-
-
-def drop_reason_name(code: int) -> str:
-    """133 -> "POLICY_DENIED"; a code Cilium does not define -> "DROP_REASON_UNKNOWN"."""
-    return DROP_REASONS.get(int(code), DROP_REASON_UNKNOWN)
+drop_reason_name = abi.drop_reason_name
 
 
 def _fixed(categories: list[str]) -> pd.CategoricalDtype:

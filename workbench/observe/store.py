@@ -1,11 +1,12 @@
 """The flow store inside the agent: batches of raw events in, DataFrames out.
 
-Events arrive as numpy structured arrays (see events.py), are enriched with
-vectorised lookups (enrich.py), and land in a ring of preallocated column
-arrays holding the last ``capacity`` flows (4095 by default, as Hubble). The
-ring stores small integer codes (interned strings, category indices), so
-appending a batch copies a few bytes per event and a DataFrame is built only
-when someone asks for one.
+Events arrive as numpy structured arrays (see events.py; their codes get
+their names from workbench/datapath/abi.py), are enriched with vectorised
+lookups (enrich.py), and land in a ring of preallocated column arrays holding
+the last ``capacity`` flows (:data:`DEFAULT_CAPACITY`, as Hubble). The ring
+stores small integer codes (interned strings, category indices), so appending
+a batch copies a few bytes per event and a DataFrame is built only when
+someone asks for one.
 
 Lost events are never silent: the datapath's own counter (ring buffer full)
 and the reader's count (e.g. a short read) add up in ``lost_events``, which is
@@ -23,12 +24,13 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
+from workbench.datapath import abi
 from workbench.observe import events as ev
 from workbench.observe import schema
 from workbench.observe.enrich import EnrichmentContext, _Tables, ip_to_int, lookup_sorted
 from workbench.observe.metrics import FlowMetrics
 
-DEFAULT_CAPACITY = 4095
+DEFAULT_CAPACITY = 4095  # flows a lab keeps, as Hubble's ring: the one default for agent, CLI and Lab
 
 # Ring columns: name -> dtype. Negative values mean "absent" where a column can be absent.
 RING_COLUMNS: dict[str, str] = {
@@ -43,31 +45,26 @@ RING_COLUMNS: dict[str, str] = {
 Batch = dict[str, np.ndarray]
 
 
-def _table(mapping: dict[int, str], vocabulary: list[str], unknown: int = -1) -> np.ndarray:
-    """A 256-entry lookup: raw u8 code -> index in ``vocabulary`` (``unknown`` elsewhere)."""
+def _table(names: dict[int, str], vocabulary: list[str], unknown: int = -1) -> np.ndarray:
+    """A 256-entry lookup: raw u8 code -> index in ``vocabulary`` (``unknown`` for codes it lacks)."""
     out = np.full(256, unknown, dtype=np.int8)
-    for code, name in mapping.items():
-        out[code] = vocabulary.index(name)
+    for code, name in names.items():
+        if name in vocabulary:
+            out[code] = vocabulary.index(name)
     return out
 
 
-_EVENT_TYPE = _table({ev.EVENT_TRACE: "trace", ev.EVENT_DROP: "drop", ev.EVENT_POLICY_VERDICT: "policy-verdict",
-                      ev.EVENT_CONN_STATS: "trace", ev.EVENT_CONN_END: "trace"}, schema.EVENT_TYPES)
-_VERDICT = _table(ev.VERDICT_CODES, schema.VERDICTS)
-_DIRECTION = _table({ev.DIR_INGRESS: "INGRESS", ev.DIR_EGRESS: "EGRESS"}, schema.DIRECTIONS)
-_PROTOCOL = _table(schema.IP_PROTOCOL_NAMES, schema.PROTOCOLS)
-_MATCH = _table(ev.MATCH_CODES, schema.MATCH_TYPES)
+_EVENT_TYPE = _table(abi.FLOW_EVENT_TYPE_NAMES, schema.EVENT_TYPES)
+_VERDICT = _table(abi.VERDICT_NAMES, schema.VERDICTS)
+_DIRECTION = _table(abi.DIRECTION_NAMES, schema.DIRECTIONS)
+_PROTOCOL = _table(abi.PROTOCOL_NAMES, schema.PROTOCOLS)
+_MATCH = _table(abi.MATCH_TYPE_NAMES, schema.MATCH_TYPES)
 _DROP_DESC = np.zeros(256, dtype=np.int16)  # 0 = DROP_REASON_UNKNOWN for codes Cilium lacks
 for _code, _name in schema.DROP_REASONS.items():
     _DROP_DESC[_code] = schema.DROP_REASON_NAMES.index(_name)
 _DROP_DESC[0] = -1
-_TCP = schema.PROTOCOLS.index("TCP")
-_POLICY_VERDICT = schema.EVENT_TYPES.index("policy-verdict")
-
-
-def tcp_flags_text(flags: int) -> str:
-    """0x12 -> "SYN,ACK" (Hubble's order)."""
-    return ",".join(name for bit, name in schema.TCP_FLAG_BITS if flags & bit)
+_TCP = schema.PROTOCOLS.index(abi.PROTOCOL_NAMES[abi.IPPROTO_TCP])
+_POLICY_VERDICT = schema.EVENT_TYPES.index(abi.FLOW_EVENT_TYPE_NAMES[abi.EVENT_POLICY_VERDICT])
 
 
 class StringTable:
@@ -248,8 +245,8 @@ class FlowStore:
         event_type = _EVENT_TYPE[raw_type]
         protocol = _PROTOCOL[e["proto"]]
         # Connection totals carry both directions; their summary says what they are.
-        conn_summary = np.where(raw_type == ev.EVENT_CONN_END, self._summary_code("connection end totals"),
-                                np.where(raw_type == ev.EVENT_CONN_STATS,
+        conn_summary = np.where(raw_type == abi.EVENT_CONN_END, self._summary_code("connection end totals"),
+                                np.where(raw_type == abi.EVENT_CONN_STATS,
                                          self._summary_code("connection totals"), -1)).astype(np.int32)
         is_conn = conn_summary >= 0
         batch.update({
@@ -485,7 +482,7 @@ def build_frame(rows: Batch, names: list[Any], label_array: pa.Array) -> pd.Data
         if proto == 255:
             return "unknown protocol"
         name = schema.PROTOCOLS[proto]
-        return f"TCP Flags: {tcp_flags_text(fl)}" if name == "TCP" else name
+        return f"TCP Flags: {abi.tcp_flags_text(fl)}" if name == "TCP" else name
 
     def url_array() -> Any:
         codes = rows["http_url"]
@@ -509,7 +506,7 @@ def build_frame(rows: Batch, names: list[Any], label_array: pa.Array) -> pd.Data
         "src_port": rows["src_port"].astype(np.uint16),
         "dst_port": rows["dst_port"].astype(np.uint16),
         "tcp_flags": _categorical_from_range(np.where(tcp, flags, -1), -1, 255,
-                                             lambda f: (tcp_flags_text(f) or None) if f >= 0 else None),
+                                             lambda f: (abi.tcp_flags_text(f) or None) if f >= 0 else None),
         "src_identity": rows["src_identity"].astype(np.uint32),
         "dst_identity": rows["dst_identity"].astype(np.uint32),
         "src_labels": _labels_column(rows["src_labels"], label_array),

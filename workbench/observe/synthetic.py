@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from workbench.datapath import abi
 from workbench.lab.model import Endpoint, Identity, Service, ServicePort
 from workbench.observe import events as ev
 from workbench.observe.enrich import EnrichmentContext, ip_to_int
@@ -46,9 +47,8 @@ def events(rows: Sequence[dict[str, Any]]) -> np.ndarray:
     direction ("INGRESS"/"EGRESS"), proto (number), tcp_flags, match_type
     (number), is_reply, bytes, reply_bytes, src_identity, dst_identity, ktime_ns.
     """
-    types = {"trace": ev.EVENT_TRACE, "drop": ev.EVENT_DROP, "policy-verdict": ev.EVENT_POLICY_VERDICT,
-             "conn-stats": ev.EVENT_CONN_STATS, "conn-end": ev.EVENT_CONN_END}
-    verdicts = {name: code for code, name in ev.VERDICT_CODES.items()}
+    types = {name: code for code, name in abi.EVENT_TYPE_NAMES.items()}
+    directions = {name: code for code, name in abi.DIRECTION_NAMES.items()}
     out = np.zeros(len(rows), ev.EVENT_DTYPE)
     now = time.monotonic_ns()
     for i, row in enumerate(rows):
@@ -58,9 +58,9 @@ def events(rows: Sequence[dict[str, Any]]) -> np.ndarray:
         rec["daddr"] = int(np.array([ip_to_int(row["dst"])], ">u4").view("<u4")[0])
         rec["sport"], rec["dport"] = row.get("sport", 40000), row.get("dport", 80)
         rec["event_type"] = types[row.get("type", "trace")]
-        rec["verdict"] = verdicts[row.get("verdict", "FORWARDED")]
+        rec["verdict"] = abi.VERDICTS[row.get("verdict", "FORWARDED")]
         rec["drop_reason"] = row.get("drop_reason", 0)
-        rec["direction"] = ev.DIR_INGRESS if row.get("direction", "INGRESS") == "INGRESS" else ev.DIR_EGRESS
+        rec["direction"] = directions[row.get("direction", "INGRESS")]
         rec["proto"] = row.get("proto", 6)
         rec["tcp_flags"] = row.get("tcp_flags", 0x02)
         rec["match_type"] = row.get("match_type", 0)
@@ -83,16 +83,16 @@ def random_events(n: int, seed: int = 0) -> np.ndarray:
     out["daddr"] = ips[rng.integers(0, 4, n)].view("<u4")
     out["sport"] = rng.integers(32768, 61000, n)
     out["dport"] = rng.choice(np.array([80, 443, 53, 8080], np.uint16), n)
-    kinds = rng.choice(np.array([ev.EVENT_TRACE, ev.EVENT_DROP, ev.EVENT_POLICY_VERDICT, ev.EVENT_CONN_END],
+    kinds = rng.choice(np.array([abi.EVENT_TRACE, abi.EVENT_DROP, abi.EVENT_POLICY_VERDICT, abi.EVENT_CONN_END],
                                 np.uint8), n, p=[0.6, 0.15, 0.2, 0.05])
     out["event_type"] = kinds
-    dropped = (kinds == ev.EVENT_DROP) | ((kinds == ev.EVENT_POLICY_VERDICT) & (rng.random(n) < 0.3))
+    dropped = (kinds == abi.EVENT_DROP) | ((kinds == abi.EVENT_POLICY_VERDICT) & (rng.random(n) < 0.3))
     out["verdict"] = np.where(dropped, 2, 1)
     out["drop_reason"] = np.where(dropped, rng.choice(np.array([133, 181, 132], np.uint16), n), 0)
     out["direction"] = rng.integers(0, 2, n)
     out["proto"] = rng.choice(np.array([6, 17, 1], np.uint8), n, p=[0.8, 0.15, 0.05])
     out["tcp_flags"] = rng.choice(np.array([0x02, 0x12, 0x10, 0x11, 0x04], np.uint8), n)
-    out["match_type"] = np.where(kinds == ev.EVENT_POLICY_VERDICT, rng.integers(0, 5, n), 0)
+    out["match_type"] = np.where(kinds == abi.EVENT_POLICY_VERDICT, rng.integers(0, 5, n), 0)
     out["bytes"] = rng.integers(60, 1500, n)
     out["packets"] = 1
     return out

@@ -29,9 +29,12 @@ Example::
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Literal
 
+from workbench.datapath import abi
+from workbench.errors import ValidationError
 from workbench.lab.model import (
     FIRST_CLUSTER_IDENTITY,
     ID_HEALTH,
@@ -47,7 +50,7 @@ from workbench.lab.model import (
 from workbench.policy.cidr import LOCAL_IDENTITY_SCOPE, WORLD_PREFIX, allocate_cidr_identities, cidr_labels
 from workbench.policy.documents import load_documents
 from workbench.policy.l7 import ALLOW_ALL, HttpRule
-from workbench.policy.ports import PORT_BITS
+from workbench.policy.ports import PORT_BITS, block_range, port_blocks
 from workbench.policy.rules import Peers, PolicyDocument, PolicyRule
 from workbench.policy.selectors import namespace_labels, split_label
 
@@ -57,7 +60,12 @@ ID_REMOTE_NODE = 6  # Cilium's reserved remote-node; no lab address maps to it
 # The lab's L7 proxy listens on this port in the node netns; entries with L7 rules carry it.
 DEFAULT_PROXY_PORT = 10080
 
-__all__ = ["DEFAULT_PROXY_PORT", "CompiledPolicy", "compile_policies", "load_documents", "resolve_deny"]
+# A port given with "any protocol" in a live map edit means these (Cilium's ANY with SCTP enabled).
+ANY_PORT_PROTOCOLS = (abi.IPPROTO_TCP, abi.IPPROTO_UDP, abi.IPPROTO_SCTP)
+LIVE_EDIT_RULE = "live-edit"
+
+__all__ = ["DEFAULT_PROXY_PORT", "CompiledPolicy", "compile_policies", "entry_key", "live_edit",
+           "load_documents", "map_entries", "resolve_deny"]
 
 EntryKey = tuple[int, Direction, int, int, int, int]  # ep, direction, identity, protocol, port, prefix
 
@@ -101,7 +109,7 @@ class CompiledPolicy:
             if entry.protocol == 6 and (port >> (PORT_BITS - entry.port_prefix)) != \
                     (entry.port >> (PORT_BITS - entry.port_prefix)):
                 continue
-            rules = self.l7.get(_key(entry))
+            rules = self.l7.get(entry_key(entry))
             if rules is None:
                 return None  # an L3/L4 allow for this peer and port: every request passes
             restricted = True
@@ -149,21 +157,21 @@ def compile_policies(documents: Iterable[PolicyDocument], endpoints: list[Endpoi
             for rule in spec.rules:
                 for key in _rule_keys(rule, resolver):
                     for ep in subjects:
-                        entry_key: EntryKey = (ep.id, *key)  # type: ignore[assignment]
-                        sources[(entry_key, rule.deny)].add(doc_key)
+                        key_of_ep: EntryKey = (ep.id, *key)  # type: ignore[assignment]
+                        sources[(key_of_ep, rule.deny)].add(doc_key)
                         if rule.deny:
                             continue
                         if rule.http is None:
-                            plain.add(entry_key)
+                            plain.add(key_of_ep)
                         else:
-                            http[entry_key].extend(rule.http)
+                            http[key_of_ep].extend(rule.http)
 
     l7 = {k: tuple(dict.fromkeys(rules + ([ALLOW_ALL] if k in plain else []))) for k, rules in http.items()}
-    entries = resolve_deny(
+    entries = map_entries(resolve_deny(
         PolicyEntry(k[0], k[1], k[2], k[3], k[4], k[5], deny=deny, rules=tuple(sorted(rules)),
                     proxy_port=proxy_port if not deny and k in l7 else 0)
-        for (k, deny), rules in sources.items())
-    kept = {_key(e) for e in entries if not e.deny}
+        for (k, deny), rules in sources.items()))
+    kept = {entry_key(e) for e in entries if not e.deny}
     l7 = {k: v for k, v in l7.items() if k in kept}
     labels = {e.identity: universe.get(e.identity, ()) for e in entries}
     for prefix, number in cidr_ids.items():
@@ -275,7 +283,7 @@ def resolve_deny(entries: Iterable[PolicyEntry]) -> list[PolicyEntry]:
     allows: dict[EntryKey, PolicyEntry] = {}
     denies: dict[EntryKey, PolicyEntry] = {}
     for entry in entries:
-        key = _key(entry)
+        key = entry_key(entry)
         table = denies if entry.deny else allows
         if key in table:
             entry = PolicyEntry(*key, deny=entry.deny, proxy_port=entry.proxy_port or table[key].proxy_port,
@@ -303,5 +311,106 @@ def resolve_deny(entries: Iterable[PolicyEntry]) -> list[PolicyEntry]:
                                          e.port_prefix, e.deny))
 
 
-def _key(entry: PolicyEntry) -> EntryKey:
+def entry_key(entry: PolicyEntry) -> EntryKey:
+    """An entry's map key: (ep_id, direction, identity, protocol, port, port_prefix)."""
     return (entry.ep_id, entry.direction, entry.identity, entry.protocol, entry.port, entry.port_prefix)
+
+
+# ---- the policy map's slots ------------------------------------------------------------------------
+
+
+def _slot_entries(entry: PolicyEntry) -> list[PolicyEntry]:
+    """One entry in slot form: a port with ANY becomes one entry per protocol, ports block-aligned."""
+    if entry.shadowed:  # the allow it stands for: precedence is decided again
+        entry = replace(entry, deny=False, shadowed=False)
+    if entry.protocol == abi.PROTO_ANY and entry.port_prefix == 0:
+        return [replace(entry, port=0)]
+    protocols = ANY_PORT_PROTOCOLS if entry.protocol == abi.PROTO_ANY else (entry.protocol,)
+    first = block_range(entry.port, entry.port_prefix)[0] if entry.port_prefix else 0
+    return [replace(entry, protocol=proto, port=first) for proto in protocols]
+
+
+def _merge(old: PolicyEntry, new: PolicyEntry) -> PolicyEntry:
+    """Two entries with one key: deny wins, sources are united, an allow keeps its proxy port."""
+    deny = old.deny or new.deny
+    return replace(old, deny=deny, proxy_port=0 if deny else old.proxy_port or new.proxy_port,
+                   rules=tuple(sorted(set(old.rules) | set(new.rules))))
+
+
+def map_entries(entries: Iterable[PolicyEntry]) -> list[PolicyEntry]:
+    """Entries -> exactly the policy-map slots to write, with deny precedence decided here.
+
+    - a port with protocol 0 (ANY) becomes one slot per TCP, UDP, SCTP; a port is
+      its block's first port, and protocol 0 means port 0;
+    - entries with equal keys merge: deny wins, rules are united;
+    - an allow under a covering deny of the same endpoint, direction and peer
+      identity (a shorter prefix) becomes a deny marked ``shadowed``, since the
+      map's longest-prefix lookup would otherwise return the allow. The datapath
+      looks up the peer and "any peer" both and lets a deny from either win, so
+      denies of other identities need no slot here.
+
+    Shadowed entries given in count as the allows they stand for, so a live edit
+    can read the map back, change it and plan it again.
+
+    Example::
+
+        >>> slots = map_entries([PolicyEntry(1, "ingress", 300, 0, 0, 0, deny=True),
+        ...                      PolicyEntry(1, "ingress", 300, 6, 80, 16)])
+        >>> [(e.protocol, e.deny, e.shadowed) for e in slots]
+        [(0, True, False), (6, True, True)]
+    """
+    slots: dict[EntryKey, PolicyEntry] = {}
+    for entry in entries:
+        for slot in _slot_entries(entry):
+            key = entry_key(slot)
+            slots[key] = _merge(slots[key], slot) if key in slots else slot
+    denies: dict[tuple[int, Direction, int], list[PolicyEntry]] = defaultdict(list)
+    for slot in slots.values():
+        if slot.deny:
+            denies[(slot.ep_id, slot.direction, slot.identity)].append(slot)
+    for key, slot in slots.items():
+        if not slot.deny and any(_intersect(slot, deny) == key
+                                 for deny in denies[(slot.ep_id, slot.direction, slot.identity)]):
+            slots[key] = replace(slot, deny=True, shadowed=True, proxy_port=0)
+    return sorted(slots.values(), key=lambda e: (entry_key(e), e.deny))
+
+
+MapEditOp = Literal["allow", "deny", "remove"]
+
+
+def live_edit(op: MapEditOp, ep_id: int, direction: Direction, identity: int = ID_ANY, protocol: int = 0,
+              port: int = 0, end_port: int | None = None,
+              proxy_port: int = 0) -> Callable[[Sequence[PolicyEntry]], tuple[list[PolicyEntry], int]]:
+    """A live edit of the policy map as a plan: the map's entries -> (the slots to write, keys removed).
+
+    ``identity`` 0 = any peer, ``protocol`` 0 = any, ``port``..``end_port`` a
+    range (prefix blocks). "allow"/"deny" add the entries (deny wins over any
+    allow it covers); "remove" takes away the entries with exactly these keys
+    (a port with protocol 0 removes its TCP, UDP and SCTP keys), allow or deny,
+    and an allow a removed deny shadowed comes back. The writer runs the plan
+    against the active map (:meth:`~workbench.datapath.policymap.PolicyMapWriter.edit`).
+
+    Example::
+
+        >>> plan = live_edit("deny", 3, "ingress", identity=300)
+        >>> slots, removed = plan([PolicyEntry(3, "ingress", 300, 6, 80, 16)])
+        >>> [(e.protocol, e.deny, e.shadowed) for e in slots], removed
+        ([(0, True, False), (6, True, True)], 0)
+    """
+    if op not in ("allow", "deny", "remove"):
+        raise ValidationError(f"map edit operation {op!r} must be allow, deny or remove")
+    blocks = port_blocks(port, port if end_port is None else end_port) if port or end_port is not None \
+        else [(0, 0)]
+    edit = [PolicyEntry(ep_id, direction, identity, protocol, first, prefix, deny=op == "deny",
+                        proxy_port=proxy_port if op == "allow" else 0, rules=(LIVE_EDIT_RULE,))
+            for first, prefix in blocks]
+
+    def plan(current: Sequence[PolicyEntry]) -> tuple[list[PolicyEntry], int]:
+        if op != "remove":
+            return map_entries([*current, *edit]), 0
+        wanted = {entry_key(slot) for slot in map_entries(edit)}
+        kept = [e for e in current if entry_key(e) not in wanted]
+        return map_entries(kept), len(current) - len(kept)
+
+    return plan
+

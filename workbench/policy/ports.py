@@ -19,13 +19,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from workbench.datapath.abi import POLICY_PROTOCOL_NAMES
 from workbench.errors import ValidationError
-from workbench.lab.model import PROTOCOLS
 from workbench.policy.fields import DocRef, Fields
 
 PORT_BITS = 16
 MAX_PORT = (1 << PORT_BITS) - 1
-PROTOCOL_NAMES = {number: name for name, number in PROTOCOLS.items()}
 
 
 @dataclass(frozen=True)
@@ -40,7 +39,7 @@ class PortRange:
         return port_blocks(self.first, self.last)
 
     def __str__(self) -> str:
-        proto = PROTOCOL_NAMES.get(self.protocol, str(self.protocol))
+        proto = POLICY_PROTOCOL_NAMES.get(self.protocol, str(self.protocol))
         if (self.first, self.last) == (0, MAX_PORT):
             return f"{proto}/any"
         if self.first == self.last:

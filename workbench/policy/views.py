@@ -19,14 +19,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from workbench.datapath.abi import POLICY_PROTOCOL_NAMES
 from workbench.lab.model import Direction, PolicyEntry
-from workbench.policy.compiler import CompiledPolicy
-from workbench.policy.ports import PROTOCOL_NAMES, block_range
+from workbench.policy.compiler import CompiledPolicy, entry_key
+from workbench.policy.ports import block_range
 
 COLUMNS = ["ep_id", "pod", "direction", "identity", "peer_labels", "protocol", "port", "verdict",
            "match_type", "rules", "http"]
-
-EntryKey = tuple[int, Direction, int, int, int, int]
 
 
 def port_text(entry: PolicyEntry) -> str:
@@ -45,14 +44,13 @@ def entry_row(compiled: CompiledPolicy, entry: PolicyEntry) -> dict[str, Any]:
         "direction": entry.direction,
         "identity": entry.identity,
         "peer_labels": list(compiled.identity_labels.get(entry.identity, ())),
-        "protocol": PROTOCOL_NAMES.get(entry.protocol, str(entry.protocol)),
+        "protocol": POLICY_PROTOCOL_NAMES.get(entry.protocol, str(entry.protocol)),
         "port": port_text(entry),
         "verdict": "deny" if entry.deny else "allow",
         "match_type": entry.match_type,
         "rules": list(entry.rules),
         # L7: the HTTP rules a redirected request must match (empty: not proxied)
-        "http": [str(r) for r in compiled.l7.get((entry.ep_id, entry.direction, entry.identity, entry.protocol,
-                                                  entry.port, entry.port_prefix), ())],
+        "http": [str(r) for r in compiled.l7.get(entry_key(entry), ())],
     }
 
 
@@ -127,8 +125,8 @@ class PolicyDiff:
 
 def diff(old: CompiledPolicy, new: CompiledPolicy) -> PolicyDiff:
     """Entries added, removed and changed (verdict, proxy port or sources), and enforcement changes."""
-    old_map = {_key(e): e for e in old.entries}
-    new_map = {_key(e): e for e in new.entries}
+    old_map = {entry_key(e): e for e in old.entries}
+    new_map = {entry_key(e): e for e in new.entries}
     result = PolicyDiff(endpoint_names={**old.endpoint_names, **new.endpoint_names})
     result.added = [new_map[k] for k in sorted(new_map.keys() - old_map.keys())]
     result.removed = [old_map[k] for k in sorted(old_map.keys() - new_map.keys())]
@@ -137,7 +135,3 @@ def diff(old: CompiledPolicy, new: CompiledPolicy) -> PolicyDiff:
     result.enforced_added = new.enforced - old.enforced
     result.enforced_removed = old.enforced - new.enforced
     return result
-
-
-def _key(entry: PolicyEntry) -> EntryKey:
-    return (entry.ep_id, entry.direction, entry.identity, entry.protocol, entry.port, entry.port_prefix)

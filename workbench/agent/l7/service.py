@@ -61,7 +61,7 @@ def setup_redirect_routing(node_netns: str) -> None:
 
 
 WORLD_PROGRAM = "l7_from_world"   # bpf/lib/l7.h, compiled with lxc.bpf.c (one compile per lab)
-TC_INGRESS = "ffff:fff2"
+TC_INGRESS = netlink.CLSACT_INGRESS
 WORLD_FILTER_PRIO = 1
 WORLD_FILTER_HANDLE = ":1"
 
