@@ -21,7 +21,7 @@ from workbench.errors import NotFoundError, ValidationError
 from workbench.lab.ipam import BASE_IPCACHE
 from workbench.lab.model import ID_HOST, ID_WORLD, PROTOCOLS, Endpoint, Identity
 from workbench.policy import compile_policies, diff, explain, load_documents
-from workbench.policy.compiler import CompiledPolicy
+from workbench.policy.compiler import CompiledPolicy, live_edit
 from workbench.policy.evaluate import cidr_identity, connection_allowed
 from workbench.policy.rules import PolicyDocument
 
@@ -213,10 +213,9 @@ class PolicyService:
         identity = self.resolve_identity(peer)
         writer = self.datapath.policy_writer()
         with self.lock:
+            removed = writer.edit(live_edit(op, ep.id, direction, identity, proto, int(port), end_port))  # type: ignore[arg-type]
             if op == "remove":
-                removed = writer.remove(ep.id, direction, identity, proto, int(port), end_port)  # type: ignore[arg-type]
                 return {"removed": removed}
-            getattr(writer, op)(ep.id, direction, identity, proto, int(port), end_port)
             return {op: {"endpoint": ep.id, "pod": ep.pod, "direction": direction, "identity": identity,
                          "protocol": str(protocol).upper(), "port": int(port), "end_port": end_port}}
 
