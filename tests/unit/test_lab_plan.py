@@ -75,14 +75,3 @@ def test_connectivity_report_text_json_and_exit_code() -> None:
     text = report.format_text()
     assert "UNEXPECTED" in text and "1 of 2 probes did not behave as expected" in text
     assert ConnectivityReport("demo", [good]).exit_code == 0
-
-
-def test_endpoint_table_is_narrow_in_text_and_full_in_json() -> None:
-    from workbench.cli.lab import EndpointTable, endpoints_frame
-
-    ep = {"id": 1, "identity": 256, "labels": ["k8s:org=empire", "k8s:io.kubernetes.pod.namespace=default"],
-          "ipv4": "10.244.0.10", "pod": "a", "namespace": "default", "app": "idle", "lxc": "lxc0", "ifindex": 3}
-    table = EndpointTable(endpoints_frame([ep]))
-    assert table.to_json()[0]["labels"] == ep["labels"] and table.to_json()[0]["ingress_enforcement"] is False
-    text = table.format_text()
-    assert "k8s:org=empire" in text and "pod.namespace" not in text and "lxc0" not in text

@@ -4,6 +4,10 @@ A handler returns a result object; the CLI renders it as text or JSON and takes
 its exit code, the notebook magic returns it (DataFrames and objects with HTML
 reprs). So `workbench endpoint list --json` and `%ebpf endpoint list` can never
 disagree about what the command does.
+
+Every command that works on a lab takes ``--lab/-l NAME`` (:func:`add_lab_flag`),
+defaulting to ``$WORKBENCH_LAB``, else ``default``; handlers reach the lab only
+through ``workbench.client.lab.Lab``.
 """
 
 from __future__ import annotations
@@ -11,8 +15,12 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
+
+from workbench.cli.tables import format_table, terminal_width
+from workbench.lab.names import DEFAULT_LAB, LAB_ENVIRONMENT, default_lab
 
 # Modules that contribute commands; each has `register(subparsers)`.
 COMMAND_MODULES = [
@@ -37,11 +45,22 @@ class Result(Protocol):
 
 @dataclass
 class TableResult:
-    """A listing: a DataFrame for notebooks, a table for terminals, records for --json."""
+    """A listing: a DataFrame for notebooks, a table for terminals, records for --json.
+
+    The terminal table fits the terminal's width (see tables.py), showing
+    ``terminal_view(frame)`` (default: every column), in one section per
+    value of its ``sections`` column when given; ``wide`` (``-o wide``) shows
+    every column, labels in full, in one flat table. ``json_only`` columns
+    (whole documents) appear only in --json and in the notebook's DataFrame.
+    """
 
     frame: Any
     exit_code: int = 0
     empty_text: str = "(none)"
+    wide: bool = False
+    terminal_view: Callable[[Any], Any] | None = None
+    sections: str | None = None
+    json_only: tuple[str, ...] = ()
 
     def to_json(self) -> Any:
         return json.loads(self.frame.to_json(orient="records", date_format="iso"))
@@ -49,7 +68,12 @@ class TableResult:
     def format_text(self) -> str:
         if self.frame.empty:
             return self.empty_text
-        return str(self.frame.to_string(index=False))
+        frame = self.frame.drop(columns=[c for c in self.json_only if c in self.frame.columns])
+        if self.wide:
+            return format_table(frame, None, wide=True)
+        if self.terminal_view is not None:
+            frame = self.terminal_view(frame)
+        return format_table(frame, terminal_width(), sections=self.sections)
 
     def value(self) -> Any:
         return self.frame
@@ -93,6 +117,28 @@ def build_parser(prog: str = "workbench") -> argparse.ArgumentParser:
 
 def add_json_flag(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print one JSON document")
+
+
+def add_table_flags(parser: argparse.ArgumentParser) -> None:
+    """``--json`` and ``-o table|wide`` for a command that prints a table."""
+    add_json_flag(parser)
+    parser.add_argument("-o", "--output", choices=("table", "wide"), default="table",
+                        help="table: fit the terminal, labels abbreviated (default); wide: everything")
+
+
+def table_result(args: argparse.Namespace, frame: Any, **options: Any) -> TableResult:
+    """The TableResult of a command with :func:`add_table_flags`."""
+    return TableResult(frame, wide=getattr(args, "output", "table") == "wide", **options)
+
+
+def add_lab_flag(parser: argparse.ArgumentParser) -> None:
+    """``--lab/-l NAME`` (``--name`` too, the older spelling): the lab a command works on.
+
+    The default is read when the parser is built, so ``$WORKBENCH_LAB`` set in
+    a notebook applies to the next ``%ebpf`` line.
+    """
+    parser.add_argument("--lab", "-l", "--name", dest="lab", metavar="NAME", default=default_lab(),
+                        help=f"the lab (default: ${LAB_ENVIRONMENT}, else {DEFAULT_LAB}; here: %(default)s)")
 
 
 def run(argv: list[str], prog: str = "workbench") -> tuple[argparse.Namespace, Result]:

@@ -23,7 +23,7 @@ def install_kernelspec(user: bool = False, prefix: str | None = None) -> str:
         >>> install_kernelspec(prefix=sys.prefix)  # doctest: +SKIP
         '/work/main/.venv/share/jupyter/kernels/ebpf-workbench'
     """
-    from jupyter_client.kernelspec import KernelSpecManager
+    from jupyter_client.kernelspec import KernelSpecManager  # heavy; only this command needs it
 
     spec = json.loads((TEMPLATE_DIR / "kernel.json").read_text())
     spec["argv"][0] = sys.executable  # the venv's python, which sees BCC through system site-packages

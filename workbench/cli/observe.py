@@ -1,22 +1,25 @@
 """`workbench observe`, `workbench flows export`, `workbench metrics`.
 
-Flows come from the lab's agent, or from a parquet archive with
+Flows come from the lab (``Lab.flows``), or from a parquet archive with
 ``--input-file``. The same handler serves the CLI and ``%ebpf observe``: the
 result's ``value()`` is the DataFrame, its text is the chosen ``-o`` format.
+The flow modules (pandas) are imported when a command runs, not at CLI start.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import sys
 import time
 from dataclasses import dataclass
 from typing import Any
 
-from workbench.cli.commands import MessageResult
+from workbench.cli.commands import MessageResult, add_json_flag, add_lab_flag
+from workbench.client.lab import Lab
 from workbench.errors import ValidationError
 
-DEFAULT_LAB = "default"
 DEFAULT_LAST = 20  # as `hubble observe`: without --last/--since/--all, the newest 20 flows
 OUTPUTS = ("compact", "table", "json")
 
@@ -41,8 +44,6 @@ class FlowsResult:
     exit_code: int = 0
 
     def to_json(self) -> Any:
-        import json
-
         from workbench.observe.render import to_json_lines
 
         return [json.loads(line) for line in to_json_lines(self.frame).splitlines()]
@@ -68,16 +69,13 @@ def filters_from_args(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def fetch_flows(args: argparse.Namespace, filters: dict[str, Any], after: int | None = None) -> Any:
-    """Flows from --input-file or from the lab's agent; the one place the agent is asked."""
-    from workbench.observe.filters import flows
-
+    """Flows from --input-file or from the lab; the one place the lab is asked."""
     if args.input_file:
         from workbench.observe.archive import load_parquet
+        from workbench.observe.filters import flows
 
         return flows(load_parquet(args.input_file), **filters)
-    from workbench.client.flows import agent_flows
-
-    return agent_flows(args.name, after=after, **filters)
+    return Lab(args.lab).flows(after=after, **filters)
 
 
 def _observe(args: argparse.Namespace) -> FlowsResult | MessageResult:
@@ -124,8 +122,6 @@ def _print(text: str) -> None:
 
 
 def _export(args: argparse.Namespace) -> MessageResult:
-    import os
-
     path = os.path.abspath(args.file)
     if not path.endswith(".parquet"):
         raise ValidationError(f"{args.file}: the export file name must end in .parquet")
@@ -137,16 +133,12 @@ def _export(args: argparse.Namespace) -> MessageResult:
         export_parquet(frame, path)
         rows = len(frame)
     else:
-        from workbench.client.flows import agent_export
-
-        rows = int(agent_export(path, args.name, **filters)["rows"])
+        rows = int(Lab(args.lab).export_flows(path, **filters)["rows"])
     return MessageResult(f"wrote {rows} flows to {path}", {"path": path, "rows": rows})
 
 
 def _metrics(args: argparse.Namespace) -> MessageResult:
-    from workbench.client.flows import agent_metrics_text
-
-    text = agent_metrics_text(args.name)
+    text = Lab(args.lab).metrics_text()
     return MessageResult(text.rstrip("\n"), {"exposition": text})
 
 
@@ -178,7 +170,7 @@ def _add_filters(parser: argparse.ArgumentParser) -> None:
     add("--since", metavar="T", help='a time or a duration ago: "5m", "2026-11-26T06:40:00Z"')
     add("--until", metavar="T")
     add("--input-file", metavar="F.parquet", help="read flows from an archive instead of the lab")
-    add("--name", "--lab", dest="name", default=DEFAULT_LAB, help=f"lab name (default: {DEFAULT_LAB})")
+    add_lab_flag(parser)
 
 
 def register(sub: Any) -> None:
@@ -197,9 +189,9 @@ def register(sub: Any) -> None:
     export = flows_sub.add_parser("export", help="write the lab's flows to a parquet file")
     export.add_argument("file", metavar="FILE.parquet")
     _add_filters(export)
-    export.add_argument("--json", action="store_true", help="print one JSON document")
+    add_json_flag(export)
     export.set_defaults(func=_export)
 
     metrics = sub.add_parser("metrics", help="the Prometheus text exposition of the lab")
-    metrics.add_argument("--name", "--lab", dest="name", default=DEFAULT_LAB)
+    add_lab_flag(metrics)
     metrics.set_defaults(func=_metrics)

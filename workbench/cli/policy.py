@@ -1,4 +1,4 @@
-"""Policy commands: `policy apply/get/delete/audit/explain` and `bpf policy get`."""
+"""Policy commands: `policy apply/get/delete/audit/explain` and `bpf policy get`, over ``Lab.policy``."""
 
 from __future__ import annotations
 
@@ -6,29 +6,67 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from workbench.cli.commands import MessageResult, TableResult, add_json_flag
-from workbench.lab.names import DEFAULT_LAB
+from workbench.cli.commands import (
+    MessageResult,
+    TableResult,
+    add_json_flag,
+    add_lab_flag,
+    add_table_flags,
+    table_result,
+)
+from workbench.client.lab import Lab
+from workbench.errors import NotFoundError, ValidationError
+
+# In a terminal, entries come in one section per endpoint (as `cilium bpf policy get` prints one map per
+# endpoint) with port and protocol as one "80/TCP" column; -o wide gives every column in one table.
+SECTION = "endpoint_section"
+EXPLAIN_COLUMNS = ["change", "direction", "identity", "peer_labels", "port", "verdict", "rules", "http"]
+BPF_POLICY_COLUMNS = ["direction", "identity", "labels", "port", "action", "proxy_port", "packets", "bytes"]
 
 
-def _policy(args: argparse.Namespace) -> Any:
-    from workbench.client.policy import LabPolicy
-    from workbench.client.transport import AgentClient
+def _port_protocol(protocol: Any, port: Any, port_end: Any = None) -> str:
+    """ "80/TCP", "8080-8087/TCP", "ANY" (any protocol), "*/UDP" (any port)."""
+    protocol, port = str(protocol or ""), str(port if port is not None else "")
+    if protocol in ("", "ANY"):
+        return protocol
+    if port in ("", "0", "*"):
+        port = "*"
+    elif port_end is not None and str(port_end) not in ("", "0", port):
+        port = f"{port}-{port_end}"
+    return f"{port}/{protocol}"
 
-    return LabPolicy(AgentClient(args.name))
+
+def _sectioned(shown: Any, endpoint_ids: Any, columns: list[str]) -> Any:
+    shown[SECTION] = [f"{pod} (endpoint {ep})" for pod, ep in zip(shown.pod, endpoint_ids, strict=True)]
+    return shown[[SECTION] + [c for c in columns if c in shown.columns]]
+
+
+def entries_view(frame: Any) -> Any:
+    """`policy explain` and `policy apply --dry-run` (which adds a change column) in a terminal."""
+    shown = frame.astype(object).where(frame.notna(), None)   # enforcement rows have no port
+    if "port" in shown.columns and "protocol" in shown.columns:
+        shown["port"] = [_port_protocol(proto, port) for proto, port in zip(shown.protocol, shown.port, strict=True)]
+    return _sectioned(shown, shown.ep_id, EXPLAIN_COLUMNS)
+
+
+def bpf_policy_view(frame: Any) -> Any:
+    """`bpf policy get` in a terminal: a section per endpoint, port ranges as "8080-8087/TCP"."""
+    shown = frame.astype(object).where(frame.notna(), None)
+    shown["port"] = [_port_protocol(proto, port, end)
+                     for proto, port, end in zip(shown.protocol, shown.port, shown.port_end, strict=True)]
+    return _sectioned(shown, shown.endpoint, BPF_POLICY_COLUMNS)
 
 
 def _apply(args: argparse.Namespace) -> MessageResult | TableResult:
-    from workbench.errors import NotFoundError
+    from workbench.client.frames import dry_run_frame  # pandas, only when a table is shown
 
     for path in args.files:
         if not Path(path).is_file():
             raise NotFoundError(f"policy file {path} does not exist")
-    outcome = _policy(args).apply([Path(p) for p in args.files], dry_run=args.dry_run)
+    outcome = Lab(args.lab).policy.apply([Path(p) for p in args.files], dry_run=args.dry_run)
     if args.dry_run:
-        import pandas as pd
-
-        frame = pd.DataFrame(outcome["rows"])
-        return TableResult(frame, empty_text=f"dry run: {outcome['summary']} (nothing applied)")
+        return table_result(args, dry_run_frame(outcome), terminal_view=entries_view, sections=SECTION,
+                            empty_text=f"dry run: {outcome['summary']} (nothing applied)")
     timing = outcome.get("timing", {})
     return MessageResult(
         f"applied {', '.join(outcome['applied'])}: {outcome['entries']} map entries, "
@@ -38,40 +76,33 @@ def _apply(args: argparse.Namespace) -> MessageResult | TableResult:
 
 
 def _get(args: argparse.Namespace) -> TableResult:
-    frame = _policy(args).get()
-    return TableResult(frame.drop(columns=["raw"]) if not args.json else frame, empty_text="no policies")
+    # The whole document (raw) is for --json, as `kubectl get -o json`.
+    return table_result(args, Lab(args.lab).policy.get(), empty_text="no policies", json_only=("raw",))
 
 
 def _delete(args: argparse.Namespace) -> MessageResult:
-    from workbench.errors import ValidationError
-
     if not args.all and not args.names:
         raise ValidationError("policy delete needs NAME... or --all")
-    gone = _policy(args).delete(*args.names, all=args.all)
+    gone = Lab(args.lab).policy.delete(*args.names, all=args.all)
     return MessageResult(f"deleted {', '.join(gone)}" if gone else "no policies to delete", {"deleted": gone})
 
 
 def _audit(args: argparse.Namespace) -> MessageResult:
-    outcome = _policy(args).audit(args.state == "on", args.pod)
+    outcome = Lab(args.lab).policy.audit(args.state == "on", args.pod)
     return MessageResult(f"audit mode {args.state} for {', '.join(outcome['endpoints'])}", outcome)
 
 
 def _explain(args: argparse.Namespace) -> TableResult:
-    return TableResult(_policy(args).explain(args.pod, args.direction), empty_text="no policy entries")
+    return table_result(args, Lab(args.lab).policy.explain(args.pod, args.direction),
+                        terminal_view=entries_view, sections=SECTION, empty_text="no policy entries")
 
 
 def _bpf_policy_get(args: argparse.Namespace) -> TableResult:
-    import pandas as pd
-
-    frame = pd.DataFrame(_policy(args).map)
+    frame = Lab(args.lab).policy.map
     if args.pod:
         frame = frame[frame.pod.str.endswith("/" + args.pod) | (frame.pod == args.pod)]
-    return TableResult(frame, empty_text="the policy map is empty")
-
-
-def _lab_flag(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--lab", "-l", "--name", dest="name", default=DEFAULT_LAB,
-                        help=f"lab name (default: {DEFAULT_LAB})")
+    return table_result(args, frame, terminal_view=bpf_policy_view, sections=SECTION,
+                        empty_text="the policy map is empty")
 
 
 def register(sub: Any) -> None:
@@ -92,19 +123,21 @@ def register(sub: Any) -> None:
     explain = psub.add_parser("explain", help="the compiled policy, entry by entry, with its sources")
     explain.add_argument("--pod")
     explain.add_argument("--direction", choices=["ingress", "egress"])
-    for parser, func in ((apply, _apply), (get, _get), (delete, _delete), (audit, _audit), (explain, _explain)):
-        _lab_flag(parser)
-        add_json_flag(parser)
+    for parser, func, add_output_flags in ((apply, _apply, add_table_flags), (get, _get, add_table_flags),
+                                           (delete, _delete, add_json_flag), (audit, _audit, add_json_flag),
+                                           (explain, _explain, add_table_flags)):
+        add_lab_flag(parser)
+        add_output_flags(parser)
         parser.set_defaults(func=func)
 
     bpf = sub.add_parser("bpf", help="the datapath's maps")
     bsub = bpf.add_subparsers(dest="bpf_command", metavar="MAP")
     bsub.required = True
-    bpol = bsub.add_parser("policy", help="the policy map")
-    bpsub = bpol.add_subparsers(dest="bpf_policy_command", metavar="SUBCOMMAND")
+    bpf_policy = bsub.add_parser("policy", help="the policy map")
+    bpsub = bpf_policy.add_subparsers(dest="bpf_policy_command", metavar="SUBCOMMAND")
     bpsub.required = True
     bget = bpsub.add_parser("get", help="entries per endpoint with packet/byte counters")
     bget.add_argument("--pod")
-    _lab_flag(bget)
-    add_json_flag(bget)
+    add_lab_flag(bget)
+    add_table_flags(bget)
     bget.set_defaults(func=_bpf_policy_get)

@@ -1,13 +1,16 @@
-"""`workbench status`: the preflight as a command."""
+"""`workbench status`: the preflight (``wb.status()``) as a command."""
 
 from __future__ import annotations
 
 import argparse
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+import workbench
 from workbench.cli.commands import add_json_flag
-from workbench.node.preflight import Report, run_preflight
+
+if TYPE_CHECKING:
+    from workbench.node.preflight import Report
 
 
 @dataclass
@@ -29,7 +32,7 @@ class StatusResult:
 
 
 def _status(args: argparse.Namespace) -> StatusResult:
-    return StatusResult(run_preflight())
+    return StatusResult(workbench.status())
 
 
 def register(sub: Any) -> None:

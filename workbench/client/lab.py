@@ -2,7 +2,13 @@
 
 A ``Lab`` is a client of the lab's agent (see docs/): a notebook kernel, the
 CLI and a second notebook all see the same lab. Nothing here calls pyroute2
-directly, so it is safe inside Jupyter's asyncio loop.
+directly, so it is safe inside Jupyter's asyncio loop. The `workbench` CLI is
+a layer of commands over this class.
+
+Which lab: the ``name`` given, else ``$WORKBENCH_LAB``, else ``default``.
+
+The pandas-backed modules (``frames``, ``policy``, ``flows``) are imported on
+first use, so that starting the CLI does not pay for pandas.
 
 Example::
 
@@ -25,19 +31,44 @@ from typing import Any
 
 from workbench.client.connectivity import ConnectivityReport, Expectation, run_connectivity_test
 from workbench.client.execution import ExecResult, exec_in_pod
-from workbench.client.lifecycle import lab_status, start_lab, stop_lab
+from workbench.client.lifecycle import UpOutcome, lab_status, start_lab, stop_lab
 from workbench.client.transport import AgentClient
+from workbench.errors import NotFoundError, ValidationError, WorkbenchError
 from workbench.lab.ipam import DEFAULT_POD_CIDR, DEFAULT_SERVICE_CIDR
 from workbench.lab.manifests import LabSpec, parse_manifests, read_manifest_files
-from workbench.lab.names import DEFAULT_LAB, check_lab_name
+from workbench.lab.names import check_lab_name, default_lab
+from workbench.node.state import known_labs
+
+
+def observe_options(capacity: int | None, metrics_port: int, archive_dir: str | Path | None) -> dict[str, Any]:
+    """The flow layer's options for the agent, validated before anything starts.
+
+    ``capacity`` None leaves the agent its default (``observe.store.DEFAULT_CAPACITY``,
+    as Hubble), which stays out of this module so that the CLI starts without pandas.
+
+    Example::
+
+        >>> observe_options(None, 0, None)
+        {'metrics_port': 0}
+        >>> observe_options(100, 9090, None)
+        {'metrics_port': 9090, 'capacity': 100}
+    """
+    if capacity is not None and not 1 <= capacity <= 10_000_000:
+        raise ValidationError(f"--flow-capacity {capacity} must be between 1 and 10000000")
+    if not 0 <= metrics_port <= 65535:
+        raise ValidationError(f"--metrics-port {metrics_port} must be between 0 and 65535")
+    options: dict[str, Any] = {"metrics_port": metrics_port}
+    if capacity is not None:
+        options["capacity"] = capacity
+    if archive_dir:
+        options["archive_dir"] = str(Path(archive_dir).resolve())
+    return options
 
 
 def _spec_from(manifests: str | Path | list[str | Path] | None) -> LabSpec:
     """File paths, YAML text, or a list of either (None: the demo)."""
     if manifests is None:
         return read_manifest_files([])
-    from workbench.errors import NotFoundError
-
     texts: list[tuple[str, str]] = []
     for index, item in enumerate(manifests if isinstance(manifests, list) else [manifests]):
         if isinstance(item, str) and ("\n" in item or item.lstrip().startswith(("apiVersion", "kind", "---"))):
@@ -55,23 +86,27 @@ class Lab:
 
     Create one with :meth:`Lab.up` or attach to a running one with
     :meth:`Lab.connect`. As a context manager, leaving the block removes the lab.
+    ``name`` defaults to ``$WORKBENCH_LAB``, else ``default``.
     """
 
-    def __init__(self, name: str = DEFAULT_LAB, *, warnings: list[str] | None = None) -> None:
-        self.name = check_lab_name(name)
+    def __init__(self, name: str | None = None, *, warnings: list[str] | None = None) -> None:
+        self.name = check_lab_name(name or default_lab())
         self.warnings: list[str] = warnings or []
-        self._client = AgentClient(name)
+        # What Lab.up did (already up, recovered remains, the agent's status); None for Lab(...)/connect().
+        self.up_outcome: UpOutcome | None = None
+        self._client = AgentClient(self.name)
 
     # ----- lifecycle --------------------------------------------------------
     @classmethod
-    def up(cls, manifests: str | Path | list[str | Path] | None = None, name: str = DEFAULT_LAB, *,
+    def up(cls, manifests: str | Path | list[str | Path] | None = None, name: str | None = None, *,
            pod_cidr: str = DEFAULT_POD_CIDR, service_cidr: str = DEFAULT_SERVICE_CIDR,
-           flow_capacity: int = 4095, metrics_port: int = 0, archive_dir: str | None = None) -> Lab:
+           flow_capacity: int | None = None, metrics_port: int = 0,
+           archive_dir: str | Path | None = None) -> Lab:
         """Create the lab (default: the star-wars demo), or connect when it is already up.
 
         ``manifests``: file paths, YAML text, or a list of them. Invalid
-        manifests raise ValidationError before anything is created.
-        ``flow_capacity``: flows the agent keeps; ``metrics_port``: Prometheus
+        manifests or options raise ValidationError before anything is created.
+        ``flow_capacity``: flows the agent keeps (default 4095, as Hubble); ``metrics_port``: Prometheus
         /metrics on 127.0.0.1 (0: any free port, see ``lab.status()``);
         ``archive_dir``: archive all flows continuously as parquet files.
 
@@ -79,12 +114,12 @@ class Lab:
 
             lab = wb.Lab.up("my-app.yaml", name="demo", pod_cidr="10.10.0.0/16")
         """
+        name = check_lab_name(name or default_lab())
         spec = _spec_from(manifests)
-        from workbench.cli.lab import observe_options
-
         outcome = start_lab(spec, name, pod_cidr=pod_cidr, service_cidr=service_cidr,
                             observe=observe_options(flow_capacity, metrics_port, archive_dir))
         lab = cls(name, warnings=list(outcome.warnings))
+        lab.up_outcome = outcome
         if outcome.already_up:
             lab.warnings.append(f"lab {name} was already up; connected to it (manifests not applied)")
         for message in lab.warnings:     # shown under the notebook cell
@@ -92,7 +127,7 @@ class Lab:
         return lab
 
     @classmethod
-    def connect(cls, name: str = DEFAULT_LAB) -> Lab:
+    def connect(cls, name: str | None = None) -> Lab:
         """Attach to a running lab; NotFoundError when it is not up.
 
         Example::
@@ -104,8 +139,26 @@ class Lab:
         return lab
 
     def down(self) -> list[str]:
-        """Remove the lab and everything it created (idempotent)."""
+        """Remove the lab and everything it created (idempotent); returns what was removed."""
         return stop_lab(self.name)
+
+    @staticmethod
+    def known() -> list[str]:
+        """The names of the labs that have state on this node (up, starting or broken).
+
+        Example::
+
+            for name in wb.Lab.known():
+                wb.Lab(name).down()
+        """
+        return known_labs()
+
+    @staticmethod
+    def status_table() -> Any:
+        """One row per lab on this node: lab, status, pods, services, agent_pid, pod_cidr."""
+        from workbench.client.frames import labs_frame
+
+        return labs_frame([lab_status(name) for name in known_labs()])
 
     def __enter__(self) -> Lab:
         return self
@@ -121,23 +174,23 @@ class Lab:
     @property
     def endpoints(self) -> Any:
         """One row per pod: id, identity, labels, ipv4, pod, namespace, enforcement, app, lxc, ifindex."""
-        from workbench.cli.lab import endpoints_frame
+        from workbench.client.frames import endpoints_frame
 
         return endpoints_frame(self._client.call("endpoint.list"))
 
     @property
     def services(self) -> Any:
         """One row per ClusterIP service: name, namespace, cluster_ip, ports, selector, backends."""
-        from workbench.cli.lab import services_frame
+        from workbench.client.frames import services_frame
 
         return services_frame(self._client.call("service.list"))
 
     @property
     def identities(self) -> Any:
         """Security identities (reserved ones first) and their labels."""
-        import pandas as pd
+        from workbench.client.frames import identities_frame
 
-        return pd.DataFrame(self._client.call("identity.list"), columns=["id", "labels"])
+        return identities_frame(self._client.call("identity.list"))
 
     @property
     def policy(self) -> Any:
@@ -147,10 +200,12 @@ class Lab:
         return LabPolicy(self._client)
 
     # ----- observe (Hubble) ----------------------------------------------------
-    def flows(self, **filters: Any) -> Any:
+    def flows(self, *, after: int | None = None, **filters: Any) -> Any:
         """Flows as a DataFrame with the flow columns (see docs/); filters as `hubble observe`.
 
-        ``attrs["lost_events"]`` counts events the datapath or the reader lost.
+        ``attrs["lost_events"]`` counts events the datapath or the reader lost;
+        ``attrs["seq"]`` is the newest flow's sequence number: pass it as
+        ``after`` to get only the flows that came later (``observe --follow``).
 
         Example::
 
@@ -158,7 +213,18 @@ class Lab:
         """
         from workbench.client.flows import agent_flows
 
-        return agent_flows(self.name, **filters)
+        return agent_flows(self.name, after=after, **filters)
+
+    def export_flows(self, path: str | Path, **filters: Any) -> dict[str, Any]:
+        """Have the agent write the (filtered) flows to ``path`` as parquet; returns path and rows.
+
+        Example::
+
+            lab.export_flows("/tmp/drops.parquet", verdict="DROPPED")
+        """
+        from workbench.client.flows import agent_export
+
+        return agent_export(str(path), self.name, **filters)
 
     def observe(self, **options: Any) -> Any:
         """The live dashboard widget (flows/s by verdict, drops by reason, top talkers, latest flows)."""
@@ -178,27 +244,32 @@ class Lab:
 
         return lab_metrics(self.name)
 
+    def metrics_text(self) -> str:
+        """The lab's Prometheus text exposition, as its /metrics endpoint serves it."""
+        from workbench.client.flows import agent_metrics_text
+
+        return agent_metrics_text(self.name)
+
     def call(self, method: str, **params: Any) -> Any:
         """Call a local API method of the agent (e.g. ones the policy layer registers)."""
         return self._client.call(method, **params)
 
     # ----- actions ----------------------------------------------------------
     def exec(self, pod: str, cmd: str | list[str], *, input: str | None = None,
-             timeout: float | None = 60.0, check: bool = False) -> ExecResult:
+             timeout: float | None = 60.0, check: bool = False, capture: bool = True) -> ExecResult:
         """Run ``cmd`` in ``pod`` (or ``deploy/NAME``): its netns, cgroup and /etc/hosts.
 
         A string is split like a shell would. ``check=True`` raises when the
-        exit code is not 0.
+        exit code is not 0. ``capture=False`` gives the command this process's
+        stdin, stdout and stderr (a terminal) instead of returning its output.
 
         Example::
 
             >>> lab.exec("xwing", "curl -s -XPOST deathstar.default.svc.cluster.local/v1/request-landing").stdout
             'Ship landed\\n'
         """
-        from workbench.errors import WorkbenchError
-
         command = shlex.split(cmd) if isinstance(cmd, str) else list(cmd)
-        result = exec_in_pod(self.name, pod, command, input=input, timeout=timeout)
+        result = exec_in_pod(self.name, pod, command, capture=capture, input=input, timeout=timeout)
         if check and result.exit_code != 0:
             raise WorkbenchError(f"`{' '.join(command)}` in {result.pod} exited with {result.exit_code}: "
                                  f"{result.stderr.strip()[-200:]}")

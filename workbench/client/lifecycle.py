@@ -33,7 +33,7 @@ class UpOutcome:
     recovered: list[str] = field(default_factory=list)
 
 
-def start_lab(spec: LabSpec, name: str = names.DEFAULT_LAB, pod_cidr: str = DEFAULT_POD_CIDR,
+def start_lab(spec: LabSpec, name: str | None = None, pod_cidr: str = DEFAULT_POD_CIDR,
               service_cidr: str = DEFAULT_SERVICE_CIDR, timeout: float = AGENT_START_TIMEOUT,
               observe: dict[str, Any] | None = None) -> UpOutcome:
     """Start the agent of lab ``name`` and wait until the lab is ready.
@@ -43,9 +43,10 @@ def start_lab(spec: LabSpec, name: str = names.DEFAULT_LAB, pod_cidr: str = DEFA
     agent adopts it (pods keep running, like a restarted cilium-agent);
     otherwise the remains are removed (identities kept) and the lab is rebuilt.
     ``observe`` holds the flow layer's options (capacity, metrics_port,
-    archive_dir); they may change when a new agent adopts a lab.
+    archive_dir); they may change when a new agent adopts a lab. ``name``
+    defaults to ``$WORKBENCH_LAB``, else ``default``.
     """
-    names.check_lab_name(name)
+    name = names.check_lab_name(name or names.default_lab())
     check_lab_cidrs(pod_cidr, service_cidr)
     system.require_ready(f"lab up {name}")
     client = AgentClient(name)
@@ -114,16 +115,16 @@ def _log_tail(name: str) -> str:
     return lines[-1] if lines else "no output"
 
 
-def stop_lab(name: str = names.DEFAULT_LAB) -> list[str]:
+def stop_lab(name: str | None = None) -> list[str]:
     """Remove the lab completely (also after a crashed agent); idempotent. Returns what was removed."""
-    names.check_lab_name(name)
+    name = names.check_lab_name(name or names.default_lab())
     system.require_privileges(f"lab down {name}")
     return state.teardown(name)
 
 
-def lab_status(name: str = names.DEFAULT_LAB) -> dict[str, Any]:
+def lab_status(name: str | None = None) -> dict[str, Any]:
     """The agent's status, or what is known without it ("down" / "broken")."""
-    names.check_lab_name(name)
+    name = names.check_lab_name(name or names.default_lab())
     client = AgentClient(name)
     if client.alive():
         return dict(client.call("lab.status"))

@@ -1,7 +1,12 @@
-"""IPython magics. Thin by design: parse, call the shared command handlers or the program API, return objects."""
+"""IPython magics. Thin by design: parse, call the shared command handlers or the program API, return objects.
+
+The lab is chosen as on the command line: ``--lab/-l NAME`` (or ``--name``),
+else ``$WORKBENCH_LAB``, else ``default``.
+"""
 
 from __future__ import annotations
 
+import html
 import shlex
 from typing import Any
 
@@ -10,7 +15,10 @@ from IPython.core.magic import Magics, cell_magic, line_cell_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
 
 from workbench.cli.commands import ArgumentError, run
+from workbench.client.lab import Lab
 from workbench.errors import WorkbenchError
+from workbench.lab.names import DEFAULT_LAB, LAB_ENVIRONMENT
+from workbench.notebook.cellargs import parse_cell_line
 
 # Subcommands about this kernel's own programs: the registry lives in this process, so the
 # CLI (another process) has nothing to list; they are handled here, not in commands.py.
@@ -38,12 +46,11 @@ class WorkbenchMagics(Magics):
     @magic_arguments()
     @argument("--dry-run", action="store_true", help="show which endpoints and map entries would change")
     @argument("--audit", action="store_true", help="apply, with the selected endpoints in audit mode")
-    @argument("--name", "--lab", dest="lab", default="default", help="lab name")
+    @argument("--lab", "-l", "--name", dest="lab", metavar="NAME", default=None,
+              help=f"the lab (default: ${LAB_ENVIRONMENT}, else {DEFAULT_LAB})")
     @cell_magic
     def policy(self, line: str, cell: str) -> Any:
         """`%%policy [--dry-run] [--audit] [--lab L]`: apply the CiliumNetworkPolicy/NetworkPolicy YAML in the cell."""
-        from workbench.client.lab import Lab
-
         try:
             args = parse_argstring(self.policy, line)
         except UsageError as err:
@@ -61,12 +68,10 @@ class PolicyOutcome(dict):  # type: ignore[type-arg]
     """What %%policy did, shown as a sentence and (for --dry-run) the entries that would change."""
 
     def _repr_html_(self) -> str:
-        import html
-
-        import pandas as pd
+        from workbench.client.frames import dry_run_frame  # pandas, on first display
 
         if self.get("dry_run"):
-            rows = pd.DataFrame(self.get("rows", []))
+            rows = dry_run_frame(self)
             table = rows.to_html(index=False) if not rows.empty else ""
             return f"<p><b>dry run</b>: {html.escape(self['summary'])} (nothing applied)</p>{table}"
         enforced = ", ".join(self.get("enforced", [])) or "none"
@@ -81,8 +86,7 @@ def _message(err: Exception) -> str:
 
 
 def _run_cell(line: str, cell: str) -> Any:
-    from workbench.notebook.cellargs import parse_cell_line
-    from workbench.notebook.programs import manager
+    from workbench.notebook.programs import manager  # BCC and pandas: loaded by the first %%ebpf cell
 
     spec = parse_cell_line(line)
     if not cell.strip():
@@ -91,7 +95,7 @@ def _run_cell(line: str, cell: str) -> Any:
 
 
 def _program_command(argv: list[str]) -> Any:
-    from workbench.notebook.programs import manager
+    from workbench.notebook.programs import manager  # BCC and pandas: loaded on first use
 
     if argv[0] == "programs":
         if len(argv) > 1:
