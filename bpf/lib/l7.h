@@ -53,27 +53,32 @@
 #define L7_PROXY_ADDR 0x0100007f  /* 127.0.0.1 as the u32 read from network order */
 #endif
 
-/* Lab pod IPv4 (network order) -> endpoint id, for the destination's ingress
- * policy. Written by the agent's L7 plugin for every endpoint. */
-struct l7_ep_key {
-    __u32 ipv4;
+/* Whether this lab has an L7 proxy: set once by the agent's L7 service when
+ * its proxy listens, and never cleared while the lab lives, so a dead agent's
+ * redirects fail closed (no socket: drop) rather than bypass the proxy. A
+ * datapath without it (test beds) never redirects. */
+struct l7_config {
+    __u32 proxy_enabled;
 };
 
-struct l7_ep_value {
-    __u32 ep_id;
-    __u32 identity;
-};
+BPF_TABLE_PINNED("array", __u32, struct l7_config, l7_config, 1, PIN_DIR "/l7_config");
 
-BPF_TABLE_PINNED("hash", struct l7_ep_key, struct l7_ep_value, l7_endpoints, ENDPOINTS_MAX,
-                 PIN_DIR "/l7_endpoints");
+static __always_inline int l7_proxy_enabled(void)
+{
+    __u32 zero = 0;
+    struct l7_config *cfg = l7_config.lookup(&zero);
+    return cfg && cfg->proxy_enabled;
+}
 
 /* The proxy port of the destination pod's ingress entry for this client, or
  * 0. Deny wins (no redirect: the destination's to-container drops it). */
 static __always_inline __u16 l7_ingress_proxy_port(__u8 gen, __u32 daddr, __u32 client_identity,
                                                    __u16 dport_be)
 {
-    struct l7_ep_key ek = {.ipv4 = daddr};
-    struct l7_ep_value *dst = l7_endpoints.lookup(&ek);
+    if (!l7_proxy_enabled())
+        return 0;
+    struct local_ep_key ek = {.addr = daddr};
+    struct local_ep_value *dst = local_endpoints.lookup(&ek);
     if (!dst)
         return 0;
     struct policy_result res = {};
@@ -153,8 +158,8 @@ int l7_from_world(struct __sk_buff *skb)
     if (!proxy_port)
         return TC_ACT_OK;
     __u16 reason = l7_assign(skb, &p, proxy_port);
-    struct l7_ep_key ek = {.ipv4 = p.daddr};
-    struct l7_ep_value *dst = l7_endpoints.lookup(&ek);
+    struct local_ep_key ek = {.addr = p.daddr};
+    struct local_ep_value *dst = local_endpoints.lookup(&ek);
     struct flow_ctx fc = {};
     fc.src_identity = identity;
     fc.dst_identity = dst ? dst->identity : 0;

@@ -242,6 +242,7 @@ struct local_ep_value {
     __u8  pod_mac[6];   /* destination MAC the pod's stack expects */
     __u8  lxc_mac[6];   /* source MAC, as if the node had routed it */
     __u32 ep_id;
+    __u32 identity;     /* for the L7 redirect's look at the destination's ingress policy */
 };
 
 #endif /* WB_TYPES_H */

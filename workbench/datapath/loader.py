@@ -89,6 +89,7 @@ class Datapath:
         leaf.pod_mac[:] = bytes.fromhex(pod_mac.replace(":", ""))
         leaf.lxc_mac[:] = bytes.fromhex(lxc_mac.replace(":", ""))
         leaf.ep_id = ep.id
+        leaf.identity = ep.identity
         table[table.Key(build.ipv4_be(ep.ipv4))] = leaf
 
     @netlink.off_event_loop
@@ -144,6 +145,13 @@ class Datapath:
         """Swap this process's programs in on every endpoint (a restarted agent calls this)."""
         for ep in eps:
             self.attach_endpoint(ep)
+
+    def enable_l7_proxy(self) -> None:
+        """Tell the programs that this lab has an L7 proxy (bpf/lib/l7.h: set once, never cleared)."""
+        table = self.bpf[b"l7_config"]
+        leaf = table[table.Key(0)]
+        leaf.proxy_enabled = 1
+        table[table.Key(0)] = leaf
 
     def set_audit(self, ep_id: int | None, on: bool) -> None:
         """Audit mode for one endpoint (or all with ``None``): policy drops pass as AUDIT."""

@@ -4,8 +4,10 @@
   0x200/0xf00 lookup 2004`` and ``local 0.0.0.0/0 dev lo table 2004``, so
   a packet the datapath assigned to the proxy's socket is delivered locally
   (only inside the lab's node netns).
-- The ``l7_endpoints`` map (pod IP -> endpoint id) the datapath uses to find
-  the destination's ingress entry, kept by an endpoint observer.
+- The datapath's explicit L7 switch (``l7_config``), set once the proxy
+  listens: from then on the programs redirect connections whose policy entry
+  names the proxy (they find the destination's ingress entry through the
+  datapath's ``local_endpoints`` map).
 - The :class:`~workbench.agent.l7.proxy.Proxy`, deciding each request from the
   policy service's compiled policy and writing flow rows into the flow
   service's store.
@@ -104,23 +106,14 @@ class L7Service:
         self.recorder = FlowRecorder(flows.store)
         self.proxy = Proxy(node, port, self.decide, self.record)
         self.proxy.start()
+        datapath.enable_l7_proxy()   # only now: a redirect before the proxy listens would be dropped
 
-    # -- endpoint observer -----------------------------------------------------------------
-    def _table(self) -> Any:
-        return self.datapath.bpf[b"l7_endpoints"]
-
+    # -- endpoint observer: who is behind a pod address, for the proxy's decisions ----------
     def attach_endpoint(self, ep: Endpoint) -> None:
-        table = self._table()
-        table[table.Key(build.ipv4_be(ep.ipv4))] = table.Leaf(ep.id, ep.identity)
         with self._lock:
             self._by_ip[ep.ipv4] = ep
 
     def detach_endpoint(self, ep: Endpoint) -> None:
-        table = self._table()
-        try:
-            del table[table.Key(build.ipv4_be(ep.ipv4))]
-        except KeyError:
-            pass
         with self._lock:
             self._by_ip.pop(ep.ipv4, None)
 
