@@ -73,7 +73,7 @@ def test_leak_check_fails_a_run_that_leaves_a_netns(tmp_path):
     leaky = tmp_path / "test_leaky.py"
     name = f"wb-leakprobe-{os.getpid()}"
     leaky.write_text(textwrap.dedent(f"""
-        from workbench import netlink
+        from workbench.node import netlink
         def test_leaks():
             netlink.create_netns("{name}")
     """))
