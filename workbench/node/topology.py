@@ -70,16 +70,22 @@ def create_node(lab: str) -> None:
     _sysctl(name, "net.ipv4.ip_forward", "1")
 
 
+def _node_side_veth(ipr: IPRoute, name: str, peer_netns: str, address: str, prefixlen: int) -> int:
+    """A veth ``name`` in the node whose peer is ``eth0`` of ``peer_netns``, addressed and up (idempotent)."""
+    if not ipr.link_lookup(ifname=name):
+        ipr.link("add", ifname=name, kind="veth", peer={"ifname": "eth0", "net_ns_fd": peer_netns})
+    index = netlink.link_index(ipr, name)
+    ipr.addr("replace", index=index, address=address, prefixlen=prefixlen)
+    ipr.link("set", index=index, state="up")
+    return index
+
+
 def create_world(lab: str, routed_cidrs: list[str]) -> None:
     """The lab's stand-in for the internet: 192.0.2.10 behind the node's world0 link."""
     node, world = node_netns(lab), world_netns(lab)
     _create_ipv4_only_netns(world)
     with IPRoute(netns=node) as ipr:
-        if not ipr.link_lookup(ifname=WORLD_LINK):
-            ipr.link("add", ifname=WORLD_LINK, kind="veth", peer={"ifname": "eth0", "net_ns_fd": world})
-        index = netlink.link_index(ipr, WORLD_LINK)
-        ipr.addr("replace", index=index, address=WORLD_GATEWAY, prefixlen=24)
-        ipr.link("set", index=index, state="up")
+        _node_side_veth(ipr, WORLD_LINK, world, WORLD_GATEWAY, 24)
     with IPRoute(netns=world) as ipr:
         index = netlink.link_index(ipr, "eth0")
         ipr.addr("replace", index=index, address=WORLD_HOST, prefixlen=24)
@@ -93,11 +99,7 @@ def create_pod_network(lab: str, pod: str, ipv4: str, routed_cidrs: list[str]) -
     node, netns, lxc = node_netns(lab), pod_netns(lab, pod), lxc_name(lab, pod)
     _create_ipv4_only_netns(netns)
     with IPRoute(netns=node) as ipr:
-        if not ipr.link_lookup(ifname=lxc):
-            ipr.link("add", ifname=lxc, kind="veth", peer={"ifname": "eth0", "net_ns_fd": netns})
-        index = netlink.link_index(ipr, lxc)
-        ipr.addr("replace", index=index, address=POD_GATEWAY, prefixlen=32)
-        ipr.link("set", index=index, state="up")
+        index = _node_side_veth(ipr, lxc, netns, POD_GATEWAY, 32)
         ipr.route("replace", dst=f"{ipv4}/32", oif=index, scope=253)   # scope link: on this veth
     with IPRoute(netns=netns) as ipr:
         eth0 = netlink.link_index(ipr, "eth0")
