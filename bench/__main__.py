@@ -1,5 +1,6 @@
 """`make bench [QUICK=1]`: run every benchmark section, write bench/results/latest.json
-plus a copy stamped with the date and machine, and a plot.
+plus a copy stamped with the date and machine, and a plot. ``--only S --merge`` re-measures
+section S alone and replaces it in latest.json, keeping the other sections.
 
 Sections are modules in bench/ with `run(quick: bool) -> dict`; a section whose
 module is not there yet, or that fails, is recorded with its error so that the
@@ -27,6 +28,7 @@ SECTION_MODULES = {
     "ingest": "bench.ingest_bench",
     "lab": "bench.lab_bench",
     "l7": "bench.l7_bench",
+    "flows_wire": "bench.flows_wire_bench",
 }
 
 
@@ -60,13 +62,26 @@ def run_all(quick: bool, only: list[str] | None = None) -> dict[str, Any]:
     return doc
 
 
-def write(doc: dict[str, Any]) -> Path:
+def write(doc: dict[str, Any], run: dict[str, Any]) -> Path:
+    """latest.json = ``doc``; the stamped copy = this ``run`` alone (they differ after --merge)."""
     RESULTS.mkdir(exist_ok=True)
-    stamp = doc["date"].replace(":", "").replace("+0000", "Z")
+    stamp = run["date"].replace(":", "").replace("+0000", "Z")
     latest = RESULTS / "latest.json"
-    text = json.dumps(doc, indent=2)
-    latest.write_text(text)
-    (RESULTS / f"{stamp}-{doc['machine']['hostname']}.json").write_text(text)
+    latest.write_text(json.dumps(doc, indent=2))
+    (RESULTS / f"{stamp}-{run['machine']['hostname']}.json").write_text(json.dumps(run, indent=2))
+    return latest
+
+
+def merge_into_latest(doc: dict[str, Any], sections: list[str]) -> dict[str, Any]:
+    """The committed latest.json with ``sections`` replaced by this run's; each notes when and where it ran.
+
+    The other sections keep their own run (the top-level date and machine stay theirs).
+    """
+    latest = json.loads((RESULTS / "latest.json").read_text())
+    remeasured = latest.setdefault("remeasured", {})
+    for section in sections:
+        latest[section] = doc[section]
+        remeasured[section] = {"date": doc["date"], "quick": doc["quick"], "machine": doc["machine"]}
     return latest
 
 
@@ -74,9 +89,14 @@ def main() -> int:
     parser = argparse.ArgumentParser(prog="make bench")
     parser.add_argument("--quick", action="store_true", help="a run under 5 minutes")
     parser.add_argument("--only", nargs="*", choices=SECTIONS)
+    parser.add_argument("--merge", action="store_true",
+                        help="with --only: replace those sections in results/latest.json, keep the others")
     args = parser.parse_args()
-    doc = run_all(args.quick, args.only)
-    path = write(doc)
+    if args.merge and not args.only:
+        parser.error("--merge needs --only SECTION...")
+    run = run_all(args.quick, args.only)
+    doc = merge_into_latest(run, args.only) if args.merge else run
+    path = write(doc, run)
     problems = validate(doc)
     from bench.plots import write_html
 

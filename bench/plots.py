@@ -75,8 +75,19 @@ def l7_plot(results: dict[str, Any]) -> go.Figure:
     return plot.update_yaxes(matches=None, showticklabels=True)
 
 
+def flows_wire_plot(results: dict[str, Any]) -> go.Figure:
+    """flows.query of 100k flows, Arrow IPC against JSON lines: end to end, encode, decode (ms, log scale)."""
+    section = results["flows_wire"]
+    frame = pd.DataFrame([{"step": key.removesuffix("_ms").replace("_", " "), "wire": wire, "ms": ms}
+                          for key in ("query_end_to_end_ms", "agent_encode_ms", "client_decode_ms")
+                          for wire, ms in (("Arrow IPC", section[key]["median"]),
+                                           ("JSON lines (before)", section[key]["baseline"]))])
+    return px.bar(frame, x="step", y="ms", color="wire", barmode="group", log_y=True,
+                  title=f"flows.query of {section['rows']:,} flows across the agent socket (ms, log scale)")
+
+
 PLOTS = {"datapath": datapath_plot, "policy_apply": policy_apply_plot, "ingest": ingest_plot,
-         "lab": lab_plot, "l7": l7_plot}
+         "lab": lab_plot, "l7": l7_plot, "flows_wire": flows_wire_plot}
 
 
 def write_html(results: dict[str, Any], path: Path) -> Path:

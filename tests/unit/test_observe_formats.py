@@ -91,7 +91,7 @@ def test_corrupt_and_foreign_parquet_files_are_clear_errors(tmp_path):
         load_parquet(corrupt)
     foreign = tmp_path / "foreign.parquet"
     pq.write_table(pa.table({"a": [1, 2], "verdict": ["x", "y"]}), foreign)
-    with pytest.raises(ValidationError, match=r"not a workbench flow archive: missing columns \['time'"):
+    with pytest.raises(ValidationError, match=r"not a workbench flow table: missing columns \['time'"):
         load_parquet(foreign)
     with pytest.raises(NotFoundError):
         load_parquet(tmp_path / "absent.parquet")

@@ -1,36 +1,52 @@
 """Flows, metrics and exports from a running lab agent (the client side of the observe API).
 
-The agent serves these methods (workbench/observe/plugin.py):
+The agent serves these methods (workbench/agent/flows.py):
 
-- ``flows.query(filters, after=None)`` -> ``{"jsonl": str, "seq": int, "lost_events": int}``
+- ``flows.query(filters, after=None)`` -> ``{"seq": int, "lost_events": int}`` plus the
+  filtered flows as Arrow IPC stream bytes (a binary reply, :mod:`workbench.wire`)
 - ``flows.export(path, filters)`` -> ``{"path": str, "rows": int}``
 - ``metrics.text()`` -> the Prometheus exposition as text
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
-from workbench.observe import render
+from workbench.lab.names import DEFAULT_LAB
+from workbench.observe import ipc
 
-DEFAULT_LAB = "default"
+if TYPE_CHECKING:
+    from workbench.client.transport import AgentClient
 
 
-def _client(lab: str | None) -> Any:
+def _client(lab: str | None) -> AgentClient:
     from workbench.client.transport import AgentClient
 
     return AgentClient(lab or DEFAULT_LAB)
 
 
+def query_flows(client: AgentClient, after: int | None = None, **filters: Any) -> pd.DataFrame:
+    """``flows.query`` through ``client``: the flows with the flow schema's exact dtypes.
+
+    ``attrs`` has ``lost_events`` and ``seq``.
+
+    Example::
+
+        >>> query_flows(AgentClient("demo"), verdict="DROPPED").verdict.dtype   # doctest: +SKIP
+        CategoricalDtype(categories=['FORWARDED', 'DROPPED', ...], ordered=False, categories_dtype=str)
+    """
+    meta, payload = client.call_binary("flows.query", filters=_jsonable(filters), after=after)
+    frame = ipc.from_ipc(payload, document=f"flows of lab {client.lab}")
+    frame.attrs["lost_events"] = int(meta.get("lost_events", 0))
+    frame.attrs["seq"] = int(meta.get("seq", 0))
+    return frame
+
+
 def agent_flows(lab: str | None = None, after: int | None = None, **filters: Any) -> pd.DataFrame:
     """The lab's flows, filtered in the agent; ``attrs`` has ``lost_events`` and ``seq``."""
-    reply = _client(lab).call("flows.query", filters=_jsonable(filters), after=after)
-    frame = render.read_json_lines(reply["jsonl"], document=f"flows of lab {lab or DEFAULT_LAB}")
-    frame.attrs["lost_events"] = int(reply.get("lost_events", 0))
-    frame.attrs["seq"] = int(reply.get("seq", 0))
-    return frame
+    return query_flows(_client(lab), after=after, **filters)
 
 
 def agent_export(path: str, lab: str | None = None, **filters: Any) -> dict[str, Any]:

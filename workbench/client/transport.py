@@ -1,25 +1,29 @@
-"""Client of a lab agent's local API: JSON lines over the Unix socket RUN_ROOT/<lab>/agent.sock.
+"""Client of a lab agent's local API over the Unix socket RUN_ROOT/<lab>/agent.sock.
 
-One request per connection: ``{"method": "endpoint.list", "params": {}}`` is
-answered with ``{"ok": true, "result": ...}`` or ``{"ok": false, "error":
-"...", "type": "NotFoundError"}``; errors come back as the same
-WorkbenchError subclass the agent raised.
+One request per connection, in the wire format of :mod:`workbench.wire`:
+``{"method": "endpoint.list", "params": {}}`` is answered with ``{"ok": true,
+"result": ...}`` or ``{"ok": false, "error": "...", "type": "NotFoundError"}``;
+errors come back as the same WorkbenchError subclass the agent raised. A
+method that answers with bulk bytes (``flows.query``: an Arrow IPC stream) is
+called with :meth:`AgentClient.call_binary`.
 
 Example::
 
     >>> AgentClient("default").call("endpoint.list")   # doctest: +SKIP
     [{'id': 1, 'pod': 'deathstar-...', ...}]
+    >>> meta, payload = AgentClient("default").call_binary("flows.query")   # doctest: +SKIP
 """
 
 from __future__ import annotations
 
-import json
 import socket
+from pathlib import Path
 from typing import Any
 
 from workbench import errors
 from workbench.lab import names
 from workbench.node import state
+from workbench.wire import encode_request, read_reply
 
 
 class AgentUnavailable(errors.NotFoundError):
@@ -27,13 +31,39 @@ class AgentUnavailable(errors.NotFoundError):
 
 
 class AgentClient:
-    def __init__(self, lab: str = names.DEFAULT_LAB, timeout: float = 60.0) -> None:
+    """Calls to the agent of ``lab``; ``socket_path`` serves another socket (a test or bench server)."""
+
+    def __init__(self, lab: str = names.DEFAULT_LAB, timeout: float = 60.0, *,
+                 socket_path: Path | None = None) -> None:
         self.lab = names.check_lab_name(lab)
         self.timeout = timeout
+        self.socket_path = socket_path
 
     def call(self, method: str, **params: Any) -> Any:
         """Call a method of the agent; raises AgentUnavailable when the lab is not up."""
-        path = state.socket_path(self.lab)
+        result, payload = self._exchange(method, params)
+        if payload is not None:
+            raise errors.WorkbenchError(f"{method} of lab {self.lab} answers with binary data",
+                                        hint="call it with AgentClient.call_binary")
+        return result
+
+    def call_binary(self, method: str, **params: Any) -> tuple[Any, bytes]:
+        """Call a method that answers with bytes: (its JSON result, the payload).
+
+        Example::
+
+            >>> meta, payload = AgentClient("demo").call_binary("flows.query", after=10)  # doctest: +SKIP
+            >>> meta["seq"], len(payload)                                                  # doctest: +SKIP
+            (1234, 56789)
+        """
+        result, payload = self._exchange(method, params)
+        if payload is None:
+            raise errors.WorkbenchError(f"{method} of lab {self.lab} answered without binary data",
+                                        hint="call it with AgentClient.call")
+        return result, payload
+
+    def _exchange(self, method: str, params: dict[str, Any]) -> tuple[Any, bytes | None]:
+        path = self.socket_path or state.socket_path(self.lab)
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         sock.settimeout(self.timeout)
         try:
@@ -45,20 +75,13 @@ class AgentClient:
             except (FileNotFoundError, ConnectionRefusedError, OSError) as err:
                 raise AgentUnavailable(f"lab {self.lab} is not up (no agent at {path}: {err.strerror or err})",
                                        hint=f"workbench lab up --name {self.lab}") from None
-            sock.sendall(json.dumps({"method": method, "params": params}).encode() + b"\n")
-            data = b""
-            while not data.endswith(b"\n"):
-                chunk = sock.recv(1 << 20)
-                if not chunk:
-                    break
-                data += chunk
+            sock.sendall(encode_request(method, params))
+            with sock.makefile("rb") as stream:
+                reply, payload = read_reply(stream, what=f"{method} of lab {self.lab}")
         finally:
             sock.close()
-        if not data:
-            raise errors.WorkbenchError(f"the agent of lab {self.lab} closed the connection during {method}")
-        reply = json.loads(data)
         if reply.get("ok"):
-            return reply.get("result")
+            return reply.get("result"), payload
         error_type = getattr(errors, str(reply.get("type")), errors.WorkbenchError)
         if not (isinstance(error_type, type) and issubclass(error_type, errors.WorkbenchError)):
             error_type = errors.WorkbenchError
@@ -67,7 +90,7 @@ class AgentClient:
     def alive(self) -> bool:
         """Does an agent answer (quickly) for this lab?"""
         try:
-            AgentClient(self.lab, timeout=3.0).call("agent.ping")
+            AgentClient(self.lab, timeout=3.0, socket_path=self.socket_path).call("agent.ping")
             return True
         except errors.WorkbenchError:
             return False

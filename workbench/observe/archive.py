@@ -2,8 +2,10 @@
 
 A file written here loads back with the same columns, order and dtypes
 (categoricals, UTC nanosecond times, label lists, nullable ints) and the same
-``attrs["lost_events"]``. A file that is not parquet, or parquet that is not a
-flow table, is a ValidationError naming the file and what is wrong.
+``attrs["lost_events"]``. Other readers get the same rows and column names:
+``pandas.read_parquet`` (label lists as arrays of strings), DuckDB and Polars.
+A file that is not parquet, or parquet that is not a flow table, is a
+ValidationError naming the file and what is wrong.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import datetime as dt
 import threading
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -26,19 +28,6 @@ if TYPE_CHECKING:
     from workbench.observe.store import FlowStore
 
 
-def _arrow_table(frame: pd.DataFrame) -> pa.Table:
-    table = pa.Table.from_pandas(frame, preserve_index=False)
-    # Dictionary index width depends on the number of categories; fix it so that
-    # row groups written at different times share one schema.
-    fields = []
-    for field in table.schema:
-        if pa.types.is_dictionary(field.type):
-            fields.append(pa.field(field.name, pa.dictionary(pa.int32(), field.type.value_type), field.nullable))
-        else:
-            fields.append(field)
-    return table.cast(pa.schema(fields, metadata=table.schema.metadata))
-
-
 def export_parquet(frame: pd.DataFrame, path: str | Path) -> Path:
     """Write a flow frame to ``path`` (parquet); returns the path.
 
@@ -50,12 +39,8 @@ def export_parquet(frame: pd.DataFrame, path: str | Path) -> Path:
     schema.validate_flows(frame)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    pq.write_table(_arrow_table(frame), path)
+    pq.write_table(schema.flows_to_arrow(frame), path)
     return path
-
-
-def _list_mapper(arrow_type: pa.DataType) -> Any:
-    return pd.ArrowDtype(arrow_type) if pa.types.is_list(arrow_type) or pa.types.is_large_list(arrow_type) else None
 
 
 def load_parquet(path: str | Path) -> pd.DataFrame:
@@ -77,21 +62,7 @@ def load_parquet(path: str | Path) -> pd.DataFrame:
         table = pq.read_table(path)
     except (pa.ArrowInvalid, pa.ArrowException, OSError) as err:
         raise ValidationError(f"{path}: not a readable parquet file ({err})") from err
-    names = table.schema.names
-    if names != schema.COLUMNS:
-        missing = [c for c in schema.COLUMNS if c not in names]
-        foreign = [c for c in names if c not in schema.FLOW_DTYPES]
-        detail = "; ".join(part for part in (f"missing columns {missing}" if missing else "",
-                                             f"foreign columns {foreign}" if foreign else "",
-                                             "columns out of order" if not (missing or foreign) else "") if part)
-        raise ValidationError(f"{path}: not a workbench flow archive: {detail}")
-    try:
-        raw = table.to_pandas(types_mapper=_list_mapper)
-    except (pa.ArrowException, ValueError, TypeError) as err:
-        raise ValidationError(f"{path}: cannot convert to a flow table ({err})") from err
-    frame = schema.coerce_flows(raw, document=str(path))
-    frame.attrs["lost_events"] = int(raw.attrs.get("lost_events", 0) or 0)
-    return frame
+    return schema.flows_from_arrow(table, document=str(path))
 
 
 class ContinuousArchiver:
@@ -151,7 +122,7 @@ class ContinuousArchiver:
         self._pending, self._pending_rows = [], 0
         frame = build_frame(rows, list(self.store.names.values), self.store._labels_pa())
         frame.attrs["lost_events"] = self.store.lost_events
-        table = _arrow_table(frame)
+        table = schema.flows_to_arrow(frame)
         if self._writer is not None and (self._file_rows >= self.rotate_rows
                                          or time.monotonic() - self._file_started >= self.rotate_seconds):
             self._close_file()

@@ -22,6 +22,7 @@ Dtype choices and why:
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import numpy as np
@@ -209,3 +210,84 @@ def validate_flows(frame: pd.DataFrame, *, document: str = "flows") -> None:
             ok = actual == dtype
         if not ok:
             raise ValidationError(f"{document}: column {name!r} has dtype {actual}, expected {dtype}")
+
+
+# -- Arrow: the one conversion used by the parquet files and the agent socket ---------------------
+
+def _has_exact_dtype(actual: Any, dtype: Any) -> bool:
+    if is_dynamic(dtype):  # also the categories' own dtype: an empty Arrow dictionary comes back as object
+        return isinstance(actual, pd.CategoricalDtype) and actual.categories.dtype == "str"
+    if dtype is LABELS_DTYPE:
+        return bool(actual == LABELS_DTYPE)
+    return bool(actual == dtype)
+
+
+def _arrow_list_dtype(arrow_type: pa.DataType) -> Any:
+    """types_mapper for Table.to_pandas: label lists stay Arrow lists (not object arrays of numpy arrays)."""
+    return pd.ArrowDtype(arrow_type) if pa.types.is_list(arrow_type) or pa.types.is_large_list(arrow_type) else None
+
+
+def flows_to_arrow(frame: pd.DataFrame) -> pa.Table:
+    """A flow frame as an Arrow table that pandas, DuckDB and Polars all read.
+
+    Categoricals become ``dictionary<int32, string>`` whatever their number of
+    categories, so tables written at different times share one schema. The
+    pandas metadata pyarrow attaches names the label columns' dtype as
+    "list<item: string>[pyarrow]", which ``pandas.read_parquet`` cannot parse;
+    it says "object" instead (what a plain reader gets: arrays of strings),
+    and :func:`flows_from_arrow` maps them back to Arrow lists. ``frame.attrs``
+    travel in that metadata.
+
+    Example::
+
+        >>> flows_to_arrow(empty_flows()).schema.field("verdict").type
+        DictionaryType(dictionary<values=string, indices=int32, ordered=0>)
+    """
+    table = pa.Table.from_pandas(frame, preserve_index=False)
+    fields = [pa.field(f.name, pa.dictionary(pa.int32(), pa.string()), f.nullable)
+              if pa.types.is_dictionary(f.type) else f for f in table.schema]
+    metadata = dict(table.schema.metadata or {})
+    if b"pandas" in metadata:
+        pandas_meta = json.loads(metadata[b"pandas"])
+        for column in pandas_meta["columns"]:
+            if column["name"] in LABEL_COLUMNS:
+                column["numpy_type"] = "object"
+        metadata[b"pandas"] = json.dumps(pandas_meta).encode()
+    return table.cast(pa.schema(fields, metadata=metadata))
+
+
+def flows_from_arrow(table: pa.Table, *, document: str = "flows") -> pd.DataFrame:
+    """An Arrow table of flows (from :func:`flows_to_arrow`, parquet or IPC) as a frame with the exact dtypes.
+
+    Columns that already have their dtype are taken as they are (no copy of
+    the categories); the rest go through :func:`coerce_flows`' conversions.
+    Raises ValidationError when the columns are not the flow table's.
+    """
+    names = table.schema.names
+    if names != COLUMNS:
+        missing = [c for c in COLUMNS if c not in names]
+        foreign = [c for c in names if c not in FLOW_DTYPES]
+        detail = "; ".join(part for part in (f"missing columns {missing}" if missing else "",
+                                             f"foreign columns {foreign}" if foreign else "",
+                                             "columns out of order" if not (missing or foreign) else "") if part)
+        raise ValidationError(f"{document}: not a workbench flow table: {detail}")
+    try:
+        raw = table.to_pandas(types_mapper=_arrow_list_dtype)
+    except (pa.ArrowException, ValueError, TypeError) as err:
+        raise ValidationError(f"{document}: cannot convert to a flow table ({err})") from err
+    out: dict[str, Any] = {}
+    for name, dtype in FLOW_DTYPES.items():
+        column = raw[name]
+        if _has_exact_dtype(column.dtype, dtype):
+            out[name] = column
+            continue
+        try:
+            out[name] = _coerce_column(name, column, dtype)
+        except ValidationError as err:
+            raise ValidationError(f"{document}: {err}") from err
+        except (TypeError, ValueError, pa.ArrowException) as err:
+            raise ValidationError(f"{document}: column {name!r}: cannot convert to {dtype}: {err}") from err
+    frame = pd.DataFrame(out)
+    frame.attrs.update(raw.attrs)
+    frame.attrs["lost_events"] = int(raw.attrs.get("lost_events", 0) or 0)
+    return frame
