@@ -67,12 +67,13 @@ def example(name: str) -> Any:
 
 
 def read_flows(path: str) -> Any:
-    """Flows archived with ``to_parquet`` / ``workbench flows export``, with the flow columns' dtypes.
+    """Flows from a parquet file (``workbench flows export``, ``lab.export_flows``, the archive), with the
+    flow columns' dtypes.
 
     Example::
 
-        lab.flows().to_parquet("flows.parquet")
-        wb.read_flows("flows.parquet")
+        lab.export_flows("/tmp/flows.parquet")
+        wb.read_flows("/tmp/flows.parquet")
     """
     from workbench.observe.archive import load_parquet
 

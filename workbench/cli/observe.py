@@ -9,7 +9,6 @@ The flow modules (pandas) are imported when a command runs, not at CLI start.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -44,9 +43,9 @@ class FlowsResult:
     exit_code: int = 0
 
     def to_json(self) -> Any:
-        from workbench.observe.render import to_json_lines
+        from workbench.observe.render import flow_records
 
-        return [json.loads(line) for line in to_json_lines(self.frame).splitlines()]
+        return flow_records(self.frame)
 
     def format_text(self) -> str:
         from workbench.observe.render import render

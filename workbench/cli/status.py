@@ -6,7 +6,6 @@ import argparse
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-import workbench
 from workbench.cli.commands import add_json_flag
 
 if TYPE_CHECKING:
@@ -32,7 +31,9 @@ class StatusResult:
 
 
 def _status(args: argparse.Namespace) -> StatusResult:
-    return StatusResult(workbench.status())
+    from workbench.node.preflight import run_preflight  # pyroute2 and BCC load only for this command
+
+    return StatusResult(run_preflight())
 
 
 def register(sub: Any) -> None:

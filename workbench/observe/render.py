@@ -98,16 +98,22 @@ def format_table(frame: pd.DataFrame) -> str:
     return "\n".join(([lost] if lost else []) + lines)
 
 
+def _with_iso_times(frame: pd.DataFrame) -> pd.DataFrame:
+    """The frame with ``time`` as nanosecond ISO text (pandas' own ISO writer rounds to microseconds)."""
+    out = frame.copy()
+    stamps = frame["time"].dt.tz_convert("UTC").dt.tz_localize(None).to_numpy("datetime64[ns]")
+    out["time"] = np.char.add(np.datetime_as_string(stamps, unit="ns"), "Z")
+    return out
+
+
+def flow_records(frame: pd.DataFrame) -> list[dict[str, Any]]:
+    """The flows as JSON-ready dicts (the fields of :func:`to_json_lines`), for one JSON document."""
+    return list(json.loads(_with_iso_times(frame).to_json(orient="records"))) if len(frame) else []
+
+
 def to_json_lines(frame: pd.DataFrame) -> str:
     """One JSON object per flow with the flow columns; nanosecond ISO times; lost events as a first line."""
-    if len(frame):
-        # pandas' own ISO writer rounds to microseconds; flows keep nanoseconds.
-        out = frame.copy()
-        stamps = frame["time"].dt.tz_convert("UTC").dt.tz_localize(None).to_numpy("datetime64[ns]")
-        out["time"] = np.char.add(np.datetime_as_string(stamps, unit="ns"), "Z")
-        body = out.to_json(orient="records", lines=True)
-    else:
-        body = ""
+    body = _with_iso_times(frame).to_json(orient="records", lines=True) if len(frame) else ""
     lost = int(frame.attrs.get("lost_events", 0) or 0)
     head = json.dumps({"lost_events": lost}) + "\n" if lost else ""
     return head + body.rstrip("\n")
