@@ -18,8 +18,12 @@ Example::
 
 from __future__ import annotations
 
+import grp
 import json
+import os
+import socket
 import socketserver
+import struct
 import threading
 import traceback
 from collections.abc import Callable
@@ -55,6 +59,48 @@ def strictly_typed(name: str, fn: Method) -> Method:
             raise ValidationError(f"{name}: parameter {where!r}: {problem['msg'].lower()}{given}") from None
 
     return call
+
+
+MAX_CLIENTS = 256              # connections served at once
+LISTEN_BACKLOG = 1024          # connections the kernel queues meanwhile
+BUSY_WAIT = 10.0               # seconds a queued connection may wait for a slot
+MAX_REQUEST_BYTES = 48 << 20   # one JSON request line (a policy may be 32 MiB of YAML)
+REQUEST_DEADLINE = 3.0         # seconds to send the request line (socket timeout per read)
+REPLY_DEADLINE = 60.0          # seconds a client may take to read the reply
+ACCESS_GROUP = "workbench"     # besides root, members of this group may use the API
+
+
+def access_gid() -> int | None:
+    try:
+        return grp.getgrnam(ACCESS_GROUP).gr_gid
+    except KeyError:
+        return None
+
+
+def secure_socket(path: Path) -> None:
+    """Mode 0660, group ``workbench`` when it exists: not the umask's choice."""
+    gid = access_gid()
+    if gid is not None:
+        os.chown(path, 0, gid)
+    os.chmod(path, 0o660 if gid is not None else 0o600)
+
+
+def peer_allowed(conn: socket.socket) -> bool:
+    """Is the peer root, this agent's own user, or in the workbench group (SO_PEERCRED)?"""
+    pid, uid, gid = struct.unpack("3i", conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))
+    if uid in (0, os.getuid()):
+        return True
+    allowed = access_gid()
+    if allowed is None:
+        return False
+    if gid == allowed:
+        return True
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return False
+    groups = next((line.split()[1:] for line in status.splitlines() if line.startswith("Groups:")), [])
+    return str(allowed) in groups
 
 
 class LocalAPI:
@@ -94,25 +140,66 @@ class LocalAPI:
             return {"ok": False, "type": "WorkbenchError", "error": f"{method} failed: {type(err).__name__}: {err}"}
 
     def serve(self, path: Path) -> None:
-        """Answer requests on the Unix socket ``path`` until :meth:`shutdown`."""
+        """Answer requests on the Unix socket ``path`` until :meth:`shutdown`.
+
+        Bounded: at most :data:`MAX_CLIENTS` connections are served at once (more
+        wait in a listen backlog of :data:`LISTEN_BACKLOG`), a request line may have
+        :data:`MAX_REQUEST_BYTES` and must arrive within :data:`REQUEST_DEADLINE`
+        seconds, and only root or members of the ``workbench`` group may call
+        (checked with SO_PEERCRED, on top of the socket's mode 0660).
+        """
         api = self
         path.unlink(missing_ok=True)
+        slots = threading.BoundedSemaphore(MAX_CLIENTS)
 
         class Handler(socketserver.StreamRequestHandler):
+            timeout = REQUEST_DEADLINE   # a client that sends nothing is dropped, not kept
+
             def handle(self) -> None:
-                line = self.rfile.readline()
+                if not peer_allowed(self.connection):
+                    write_reply(self.wfile, {"ok": False, "type": "PrivilegeError",
+                                             "error": "the lab agent answers only root and the workbench group"})
+                    return
                 try:
-                    request = json.loads(line)
-                except (json.JSONDecodeError, UnicodeDecodeError):
-                    reply: dict[str, Any] = {"ok": False, "type": "ValidationError", "error": "bad request: not JSON"}
+                    line = self.rfile.readline(MAX_REQUEST_BYTES + 1)
+                except (TimeoutError, OSError):
+                    return
+                if len(line) > MAX_REQUEST_BYTES:
+                    reply: dict[str, Any] = {"ok": False, "type": "ValidationError",
+                                             "error": f"request longer than {MAX_REQUEST_BYTES} bytes"}
                 else:
-                    reply = api.dispatch(request)
+                    try:
+                        request = json.loads(line)
+                    except (json.JSONDecodeError, UnicodeDecodeError):
+                        reply = {"ok": False, "type": "ValidationError", "error": "bad request: not JSON"}
+                    else:
+                        reply = api.dispatch(request)
+                self.connection.settimeout(REPLY_DEADLINE)
                 write_reply(self.wfile, reply)
 
         class Server(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
             daemon_threads = True
+            request_queue_size = LISTEN_BACKLOG
+
+            def process_request(self, request: Any, client_address: Any) -> None:
+                if not slots.acquire(timeout=BUSY_WAIT):
+                    busy = {"ok": False, "type": "WorkbenchError",
+                            "error": f"the agent is serving {MAX_CLIENTS} clients; try again"}
+                    try:
+                        request.sendall(json.dumps(busy).encode() + b"\n")
+                    finally:
+                        self.shutdown_request(request)
+                    return
+                super().process_request(request, client_address)
+
+            def process_request_thread(self, request: Any, client_address: Any) -> None:
+                try:
+                    super().process_request_thread(request, client_address)
+                finally:
+                    slots.release()
 
         self._server = Server(str(path), Handler)
+        secure_socket(path)
         self._server.serve_forever(poll_interval=0.2)
         self._server.server_close()
 

@@ -60,6 +60,16 @@ class ObserveOptions:
                    archive_dir=str(value["archive_dir"]) if value.get("archive_dir") else None)
 
 
+def existing_parent(path: str, what: str) -> Path:
+    """``path`` when it is absolute and its directory exists: the agent creates no directories for a client."""
+    target = Path(path)
+    if not target.is_absolute():
+        raise ValidationError(f"{what} {path!r} must be absolute (the agent has its own working directory)")
+    if not target.parent.is_dir():
+        raise ValidationError(f"{what} {path!r}: directory {target.parent} does not exist")
+    return target
+
+
 class LabInventory(Protocol):
     """What the flow service reads to enrich flows (the agent's LabContext fits)."""
 
@@ -166,14 +176,14 @@ class FlowService:
         return BinaryReply(meta, to_ipc(result))
 
     def export(self, path: str, filters: dict[str, Any] | None = None) -> dict[str, Any]:
-        if not Path(path).is_absolute():
-            raise ValidationError(f"export path {path!r} must be absolute (the agent has its own working directory)")
+        existing_parent(path, "export path")
         frame = flows(self.store, **(filters or {}))
         frame.attrs = {"lost_events": self.store.lost_events}
         export_parquet(frame, path)
         return {"path": path, "rows": len(frame)}
 
     def archive(self, directory: str, rotate_seconds: float = 3600.0, rotate_rows: int = 1_000_000) -> dict[str, Any]:
+        existing_parent(directory, "archive directory")
         if self.archiver is not None:
             self.archiver.close()
         self.archiver = ContinuousArchiver(self.store, directory, rotate_seconds=rotate_seconds,
@@ -187,6 +197,8 @@ class FlowService:
                 "archive": str(self.archiver.directory) if self.archiver else None}
 
     def serve_metrics(self, port: int = 0) -> dict[str, Any]:
+        if not 0 <= port <= 65535:
+            raise ValidationError(f"metrics.serve: port {port} is not in 0-65535 (0: any free port)")
         self.metrics_port = self.store.metrics.serve(int(port))
         return {"port": self.metrics_port}
 

@@ -132,6 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--lab", required=True)
     parser.add_argument("--adopt", action="store_true", help="take over the running lab of a dead agent")
     args = parser.parse_args(argv)
+    os.umask(0o077)   # state files 0600, directories 0700, whatever umask started us (the socket: api.py)
     system.require_ready("the lab agent")
     agent = Agent(args.lab)
     state.pid_path(args.lab).write_text(str(os.getpid()))

@@ -57,16 +57,14 @@ def start_lab(spec: LabSpec, name: str | None = None, pod_cidr: str = DEFAULT_PO
     recovered: list[str] = []
     if state.leftovers(name):
         if _adoptable(name, config):
-            (state.state_dir(name) / "config.json").write_text(json.dumps(config))  # new observe options
+            state.write_private(state.state_dir(name) / "config.json", json.dumps(config))  # new observe options
             try:
                 status = _launch(name, adopt=True, timeout=timeout)
                 return UpOutcome(name, False, status, spec.warnings, ["adopted the running lab"])
             except WorkbenchError:
                 pass     # fall back to a rebuild
         recovered = state.teardown(name, keep_identities=True)
-    directory = state.state_dir(name)
-    directory.mkdir(parents=True, exist_ok=True)
-    (directory / "config.json").write_text(json.dumps(config))
+    state.write_private(state.make_state_dir(name) / "config.json", json.dumps(config))
     return UpOutcome(name, False, _launch(name, adopt=False, timeout=timeout), spec.warnings, recovered)
 
 

@@ -34,6 +34,23 @@ def state_dir(lab: str) -> Path:
     return system.RUN_ROOT / lab
 
 
+def make_state_dir(lab: str) -> Path:
+    """The lab's state directory, mode 0700 (root's): not the umask's choice."""
+    system.RUN_ROOT.mkdir(mode=0o755, parents=True, exist_ok=True)
+    directory = state_dir(lab)
+    directory.mkdir(mode=0o700, exist_ok=True)
+    os.chmod(directory, 0o700)
+    return directory
+
+
+def write_private(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` with mode 0600, whatever the umask."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(fd, 0o600)
+    with os.fdopen(fd, "w") as out:
+        out.write(text)
+
+
 def socket_path(lab: str) -> Path:
     return state_dir(lab) / "agent.sock"
 
