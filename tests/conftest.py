@@ -3,6 +3,8 @@
 - tests/unit: no root needed.
 - tests/privileged: real netns, real eBPF, real packets. They skip without
   root; with WORKBENCH_REQUIRE_PRIVILEGED=1 (CI) such a skip is a failure.
+- tests/security: the adversarial suite, privileged the same way, except
+  modules marked ``unprivileged`` (pure parsers, the CLI's argument handling).
 - After the session, any `wb-*` netns, pin under /sys/fs/bpf/workbench,
   workbench cgroup, /etc/netns hosts dir or new TC/XDP attachment in the host
   netns fails the run.
@@ -28,7 +30,8 @@ def is_root() -> bool:
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
         path = str(item.fspath)
-        if f"{os.sep}privileged{os.sep}" in path:
+        in_security = f"{os.sep}security{os.sep}" in path and not item.get_closest_marker("unprivileged")
+        if f"{os.sep}privileged{os.sep}" in path or in_security:
             item.add_marker(pytest.mark.privileged)
             if not is_root():
                 item.add_marker(pytest.mark.skip(reason="needs root (real netns and eBPF)"))
