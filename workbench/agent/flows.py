@@ -8,7 +8,8 @@ local API gets these methods:
 - ``flows.query(filters={}, after=None)`` -> ``{"seq", "lost_events"}`` + the flows as Arrow IPC bytes
 - ``flows.export(path, filters={})`` -> ``{"path", "rows"}``
 - ``flows.archive(directory, rotate_seconds=3600, rotate_rows=1000000)`` -> ``{"directory"}``
-- ``flows.status()`` -> capacity, stored, seen, lost, metrics port
+- ``flows.status()`` -> capacity, stored, seen, lost, metrics port, and the archive's
+  rows, drops and error (:meth:`FlowService.archive_fields`)
 - ``metrics.text()`` -> the Prometheus exposition
 - ``metrics.serve(port=0)`` -> ``{"port"}`` (127.0.0.1 only)
 
@@ -171,7 +172,9 @@ class FlowService:
         frame = self.store.frame(after=after)
         frame.attrs["known_pods"] = self.store.known_pods()
         result = flows(frame, **(filters or {}))
-        meta = {"seq": int(frame.attrs["seq"]), "lost_events": self.store.lost_events}
+        meta: dict[str, Any] = {"seq": int(frame.attrs["seq"]), "lost_events": self.store.lost_events}
+        if self.archiver is not None:   # the dashboard shows a failing archive next to the flows
+            meta["archive"] = {"dropped": self.archiver.rows_dropped, "error": self.archiver.error}
         result.attrs = dict(meta)
         return BinaryReply(meta, to_ipc(result))
 
@@ -193,8 +196,24 @@ class FlowService:
     def status(self) -> dict[str, Any]:
         return {"capacity": self.store.capacity, "stored": len(self.store), "seen": self.store.seq,
                 "lost_events": self.store.lost_events, "metrics_port": self.metrics_port,
-                "reading": self.reader is not None,
-                "archive": str(self.archiver.directory) if self.archiver else None}
+                "reading": self.reader is not None, **self.archive_fields(),
+                "archive_detail": self.archiver.stats() if self.archiver else None}
+
+    def archive_fields(self) -> dict[str, Any]:
+        """The archive in a few flat fields (``lab status`` prints them one a line).
+
+        ``archive_dropped`` counts rows the archive lost (its queue full, a failed write),
+        apart from ``lost_events`` (the ring); ``archive_error`` is the failure in force.
+
+        Example::
+
+            >>> service.archive_fields()   # doctest: +SKIP
+            {'archive': '/srv/flows', 'archive_rows': 1200, 'archive_dropped': 0, 'archive_error': None}
+        """
+        if self.archiver is None:
+            return {"archive": None}
+        return {"archive": str(self.archiver.directory), "archive_rows": self.archiver.rows_written,
+                "archive_dropped": self.archiver.rows_dropped, "archive_error": self.archiver.error}
 
     def serve_metrics(self, port: int = 0) -> dict[str, Any]:
         if not 0 <= port <= 65535:
@@ -208,7 +227,8 @@ class FlowService:
     def status_fields(self) -> dict[str, Any]:
         """What this service adds to `lab status`."""
         return {"flow_capacity": self.store.capacity,
-                "metrics": f"http://127.0.0.1:{self.metrics_port}/metrics" if self.metrics_port else None}
+                "metrics": f"http://127.0.0.1:{self.metrics_port}/metrics" if self.metrics_port else None,
+                **self.archive_fields()}
 
     def methods(self) -> dict[str, Callable[..., Any]]:
         """The local API methods of this service."""

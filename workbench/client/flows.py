@@ -2,7 +2,8 @@
 
 The agent serves these methods (workbench/agent/flows.py):
 
-- ``flows.query(filters, after=None)`` -> ``{"seq": int, "lost_events": int}`` plus the
+- ``flows.query(filters, after=None)`` -> ``{"seq": int, "lost_events": int}`` (and
+  ``"archive": {"dropped", "error"}`` when the lab archives) plus the
   filtered flows as Arrow IPC stream bytes (a binary reply, :mod:`workbench.wire`)
 - ``flows.export(path, filters)`` -> ``{"path": str, "rows": int}``
 - ``metrics.text()`` -> the Prometheus exposition as text
@@ -41,6 +42,8 @@ def query_flows(client: AgentClient, after: int | None = None, **filters: Any) -
     frame = ipc.from_ipc(payload, document=f"flows of lab {client.lab}")
     frame.attrs["lost_events"] = int(meta.get("lost_events", 0))
     frame.attrs["seq"] = int(meta.get("seq", 0))
+    if "archive" in meta:   # {"dropped", "error"} of the lab's archive, for the dashboard
+        frame.attrs["archive"] = dict(meta["archive"])
     return frame
 
 

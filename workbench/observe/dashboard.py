@@ -82,6 +82,7 @@ class FlowDashboard:
         self.window_seconds, self.top_n, self.table_rows, self.max_rows = window_seconds, top_n, table_rows, max_rows
         self.seq: int | None = None
         self.lost_events = 0
+        self.archive: dict[str, Any] | None = None   # {"dropped", "error"} of the lab's archive, if it has one
         self.chunks: list[pd.DataFrame] = []   # the flows of the window, in arrival batches
         self.paused = False
         self._lock = threading.Lock()
@@ -101,6 +102,7 @@ class FlowDashboard:
         self.talkers.add_bar(x=[], y=[], orientation="h", name="flows")
         self.table = widgets.HTML(value="")
         self.status = widgets.HTML(value="")
+        self.archive_status = widgets.HTML(value="")   # empty (invisible) while the archive is fine
         self.verdict_filter = widgets.Dropdown(options=[ALL, *schema.VERDICTS], value=ALL, description="verdict")
         self.pod_filter = widgets.Dropdown(options=[ALL], value=ALL, description="pod")
         self.pause_button = widgets.ToggleButton(value=False, description="pause", icon="pause")
@@ -109,6 +111,7 @@ class FlowDashboard:
         self.pause_button.observe(self._on_pause, names="value")
         self.widget = widgets.VBox([
             widgets.HBox([self.verdict_filter, self.pod_filter, self.pause_button, self.status]),
+            self.archive_status,
             widgets.HBox([self.rate, self.drops]),
             self.talkers,
             self.table,
@@ -207,6 +210,9 @@ class FlowDashboard:
         with self._lock:
             self.seq = int(new.attrs.get("seq", (self.seq or 0) + len(new)))
             self.lost_events = int(new.attrs.get("lost_events", self.lost_events))
+            if isinstance(new.attrs.get("archive"), dict):
+                self.archive = dict(new.attrs["archive"])
+                self.archive_status.value = archive_line(self.archive)   # also while paused
             if len(new):
                 self.chunks.append(new)
                 self._accumulate(self._selected(new))
@@ -262,6 +268,25 @@ class FlowDashboard:
         if self._thread is not None:
             self._thread.join(timeout=5)
             self._thread = None
+
+
+def archive_line(archive: dict[str, Any] | None) -> str:
+    """The dashboard's archive line: empty while the archive keeps every row, else its error and drops.
+
+    Example::
+
+        >>> archive_line({"dropped": 0, "error": None})
+        ''
+        >>> "1200 rows dropped" in archive_line({"dropped": 1200, "error": "archive: No space left on device"})
+        True
+    """
+    if not archive:
+        return ""
+    dropped, error = int(archive.get("dropped") or 0), archive.get("error")
+    if not dropped and not error:
+        return ""
+    text = f"archive: {dropped} rows dropped" if not error else f"{error} — {dropped} rows dropped"
+    return f'<span class="wb-archive-status" style="color:#c0392b"><b>{html.escape(text)}</b></span>'
 
 
 def _html_table(frame: pd.DataFrame) -> str:

@@ -86,6 +86,15 @@ class FlowMetrics:
                                    registry=self.registry)
         self.datapath = Gauge("workbench_datapath_counter", "Counters exported by the lab datapath, passed through",
                               ["name"], registry=self.registry)
+        # The continuous archive: rows it could not keep and failed writes (ring losses are hubble_lost_events).
+        self.archive_dropped_rows = Counter("workbench_archive_dropped_rows",
+                                            "Flow rows the archive dropped (reason: queue_full, write_error)",
+                                            ["reason"], registry=self.registry)
+        self.archive_errors = Counter("workbench_archive_errors", "Failed archive writes (e.g. disk full)",
+                                      registry=self.registry)
+        self.archive_failing_flag = Gauge("workbench_archive_failing",
+                                          "1 while the last archive write failed, 0 once one succeeds",
+                                          registry=self.registry)
         self._server: Any = None
 
     def observe(self, batch: dict[str, np.ndarray]) -> None:
@@ -112,6 +121,21 @@ class FlowMetrics:
 
     def lost(self, count: int, source: str) -> None:
         self.lost_events.labels(source).inc(count)
+
+    def archive_started(self) -> None:
+        """Show the archive's series (at 0) from the moment an archive runs."""
+        for reason in ("queue_full", "write_error"):
+            self.archive_dropped_rows.labels(reason)
+        self.archive_failing_flag.set(0)
+
+    def archive_dropped(self, rows: int, reason: str) -> None:
+        self.archive_dropped_rows.labels(reason).inc(rows)
+
+    def archive_error(self) -> None:
+        self.archive_errors.inc()
+
+    def archive_failing(self, failing: bool) -> None:
+        self.archive_failing_flag.set(1 if failing else 0)
 
     def datapath_counters(self, counters: dict[str, float]) -> None:
         for name, value in counters.items():

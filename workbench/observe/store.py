@@ -331,6 +331,7 @@ class FlowStore:
 
     # -- ring --------------------------------------------------------------------------------
     def _append(self, batch: Batch) -> None:
+        whole = batch   # metrics and listeners (the archive) count every row, not only those the ring keeps
         n = len(batch["time_ns"])
         if n > self.capacity:  # only the newest capacity rows can survive anyway
             batch = {k: v[-self.capacity:] for k, v in batch.items()}
@@ -345,9 +346,9 @@ class FlowStore:
             if first < n:
                 column[:n - first] = values[first:]
         self.seq += skipped + n
-        self.metrics.observe(batch)
+        self.metrics.observe(whole)
         for listener in self._listeners:
-            listener(batch)
+            listener(whole)
 
     def __len__(self) -> int:
         return min(self.seq, self.capacity)
