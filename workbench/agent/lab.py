@@ -131,7 +131,8 @@ def create_endpoint(ctx: LabContext, ep_id: int, pod: PodSpec, ip: str, cidrs: l
                   labels=identity.labels, pod_labels=dict(pod.labels),
                   netns=topology.pod_netns(ctx.lab, pod.name), lxc=topology.lxc_name(ctx.lab, pod.name),
                   ifindex=ifindex, cgroup=str(cgroup), app=pod.app,
-                  ports=[p.port for p in pod.ports], owner=pod.owner)
+                  ports=[p.port for p in pod.ports], owner=pod.owner,
+                  named_ports={p.name: (p.port, p.protocol) for p in pod.ports if p.name})
     ctx.endpoints[pod.name] = ep
     return ep
 

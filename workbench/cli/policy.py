@@ -20,7 +20,8 @@ from workbench.errors import NotFoundError, ValidationError
 # In a terminal, entries come in one section per endpoint (as `cilium bpf policy get` prints one map per
 # endpoint) with port and protocol as one "80/TCP" column; -o wide gives every column in one table.
 SECTION = "endpoint_section"
-EXPLAIN_COLUMNS = ["change", "direction", "identity", "peer_labels", "port", "verdict", "rules", "http"]
+# cidr: for a peer a CIDR rule selects, whether pods in range count (NetworkPolicy ipBlock) or not (Cilium)
+EXPLAIN_COLUMNS = ["change", "direction", "identity", "peer_labels", "port", "verdict", "rules", "http", "cidr"]
 BPF_POLICY_COLUMNS = ["direction", "identity", "labels", "port", "action", "proxy_port", "packets", "bytes"]
 
 

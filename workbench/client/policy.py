@@ -135,7 +135,11 @@ class LabPolicy:
         return dict(self._client.call("policy.audit", on=audit_switch(on), pod=pod))
 
     def explain(self, pod: str | None = None, direction: str | None = None) -> pd.DataFrame:
-        """What the compiled policy means, entry by entry, with the policies that produced each."""
+        """What the compiled policy means, entry by entry, with the policies that produced each.
+
+        Column ``cidr``: for a peer a CIDR rule selects, that rule's meaning for pods
+        ("k8s ipBlock: pods in range selected" or "cilium CIDR: pods never selected").
+        """
         from workbench.policy.views import COLUMNS
 
         return pd.DataFrame(self._client.call("policy.explain", pod=pod, direction=direction), columns=COLUMNS)

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from workbench.errors import ValidationError
+from workbench.lab.model import PORT_NAME
 from workbench.lab.yamldocs import MalformedYAML, load_yaml_documents, read_text_file
 
 DEMO_MANIFEST = Path(__file__).resolve().parents[1] / "data" / "starwars.yaml"
@@ -204,6 +205,13 @@ def image_app(image: str, ports: list[ContainerPort]) -> str:
     return "echo" if ports else "idle"
 
 
+def _port_name(doc: _Doc, name: Any, path: str) -> str:
+    if not isinstance(name, str) or not PORT_NAME.match(name):
+        raise doc.fail(path, f"{_show(name)} is not a valid port name (at most 15 lowercase letters, digits "
+                             "and '-', with a letter, no '--' and no '-' at either end)")
+    return name
+
+
 def _containers(doc: _Doc, pod_spec: Any, path: str) -> tuple[str, list[ContainerPort]]:
     spec = doc.mapping(pod_spec, path)
     containers = doc.sequence(spec.get("containers"), f"{path}.containers")
@@ -212,6 +220,7 @@ def _containers(doc: _Doc, pod_spec: Any, path: str) -> tuple[str, list[Containe
     images: list[str] = []
     ports: list[ContainerPort] = []
     seen: set[tuple[int, str]] = set()
+    names: set[str] = set()
     for ci, raw in enumerate(containers):
         cpath = f"{path}.containers[{ci}]"
         container = doc.mapping(raw, cpath)
@@ -225,7 +234,11 @@ def _containers(doc: _Doc, pod_spec: Any, path: str) -> tuple[str, list[Containe
             protocol = doc.protocol(port_map.get("protocol"), f"{ppath}.protocol")
             name = port_map.get("name", "")
             if name:
-                doc.dns_name(name, f"{ppath}.name", label=True)
+                _port_name(doc, name, f"{ppath}.name")
+                # Policies resolve a named port per pod ("port: http"), so a name means one port.
+                if name in names:
+                    raise doc.fail(f"{ppath}.name", f"port name {name!r} is used twice in this pod")
+                names.add(name)
             if (number, protocol) in seen:
                 raise doc.fail(f"{ppath}.containerPort", f"port {number}/{protocol} is declared twice")
             seen.add((number, protocol))

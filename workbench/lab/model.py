@@ -7,6 +7,7 @@ sorted tuples so that equal label sets compare and hash equal.
 
 from __future__ import annotations
 
+import re
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
@@ -29,6 +30,9 @@ RESERVED_IDENTITIES: dict[int, tuple[str, ...]] = {
 # The labels Cilium derives from a pod's namespace (k8s source prefix).
 NAMESPACE_LABEL = "io.kubernetes.pod.namespace"
 NAMESPACE_LABELS_PREFIX = "io.cilium.k8s.namespace.labels."
+
+# Kubernetes' IANA_SVC_NAME: a containerPort name, and a policy's named port ("http", "serve-80-tcp").
+PORT_NAME = re.compile(r"^(?=.*[a-z])(?!.*--)[a-z0-9]([-a-z0-9]{0,13}[a-z0-9])?$")
 
 # Protocol names as policies and services spell them -> IP protocol number (0: any).
 PROTOCOLS = abi.POLICY_PROTOCOLS
@@ -97,6 +101,12 @@ class Endpoint:
     app: str = "idle"            # built-in app: deathstar | echo | idle
     ports: list[int] = field(default_factory=list)
     owner: str = ""              # Deployment name when created by one
+    # containerPort name -> (port, protocol), for policies that name ports ("port: http")
+    named_ports: dict[str, tuple[int, str]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        # Endpoints come back from JSON (state.json, the local API) with the pairs as lists.
+        self.named_ports = {str(k): (int(v[0]), str(v[1])) for k, v in self.named_ports.items()}
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

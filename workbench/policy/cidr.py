@@ -6,7 +6,9 @@ identity in Cilium's local scope (``1 << 24 | n``), labelled
 its LPM ipcache, so an address resolves to the identity of the longest
 mentioned prefix that contains it, and to world (2) when none does. A CIDR
 selector with excepts then selects the identities whose prefix lies inside
-its CIDR and outside every except.
+its CIDR and outside every except. A pod's own /32 keeps the pod's identity
+(a policy naming it gets no CIDR identity for it), as in Cilium, where a
+pod's address is known by its endpoint, not by a policy's prefix.
 
 Example::
 
@@ -32,15 +34,36 @@ LOCAL_IDENTITY_SCOPE = 1 << 24
 WORLD_PREFIX = "0.0.0.0/0"
 
 
+# What a CIDR rule means for pods, as `policy explain` names it.
+K8S_IPBLOCK = "k8s ipBlock: pods in range selected"
+CILIUM_CIDR = "cilium CIDR: pods never selected"
+
+
 @dataclass(frozen=True)
 class CIDRRule:
-    """A CIDR and the sub-prefixes excluded from it."""
+    """A CIDR and the sub-prefixes excluded from it.
+
+    ``pods`` says which meaning it has for lab pods: True for a NetworkPolicy
+    ``ipBlock`` (Kubernetes: a pod whose IP is in range, minus the excepts, is
+    selected), False for CiliumNetworkPolicy CIDR rules (Cilium: they describe
+    peers outside the cluster; a pod is never selected by its address).
+    """
 
     cidr: ipaddress.IPv4Network
     excepts: tuple[ipaddress.IPv4Network, ...] = ()
+    pods: bool = False
+
+    @property
+    def meaning(self) -> str:
+        return K8S_IPBLOCK if self.pods else CILIUM_CIDR
 
     def prefixes(self) -> list[ipaddress.IPv4Network]:
         return [self.cidr, *self.excepts]
+
+    def contains(self, address: str) -> bool:
+        """Whether an address is in the CIDR and in none of its excepts."""
+        ip = ipaddress.IPv4Address(address)
+        return ip in self.cidr and not any(ip in e for e in self.excepts)
 
     def selects(self, prefix: str) -> bool:
         """Whether the identity of ``prefix`` (a mentioned prefix, or 0.0.0.0/0 = world) is selected."""
@@ -86,16 +109,18 @@ def parse_excepts(doc: DocRef, path: str, cidr: ipaddress.IPv4Network,
     return tuple(excepts)
 
 
-def allocate_cidr_identities(rules: Iterable[CIDRRule],
-                             previous: Mapping[str, int] | None = None) -> dict[str, int]:
+def allocate_cidr_identities(rules: Iterable[CIDRRule], previous: Mapping[str, int] | None = None,
+                             exclude: Iterable[str] = ()) -> dict[str, int]:
     """Prefix -> identity for every prefix in ``rules``, plus 0.0.0.0/0 -> world.
 
     Deterministic: prefixes are numbered in address order. Prefixes already in
     ``previous`` keep their identity, so recompiling after a change does not
-    renumber what the datapath already has.
+    renumber what the datapath already has. Prefixes in ``exclude`` (the pods'
+    own /32s, which keep their pod identity in the ipcache) get none.
     """
     prefixes = {str(p) for rule in rules for p in rule.prefixes()}
     prefixes.discard(WORLD_PREFIX)
+    prefixes -= set(exclude)
     result: dict[str, int] = {WORLD_PREFIX: ID_WORLD}
     previous = previous or {}
     # Never hand a retired prefix's number to a new prefix in the same swap.

@@ -47,7 +47,13 @@ from workbench.lab.model import (
     Identity,
     PolicyEntry,
 )
-from workbench.policy.cidr import LOCAL_IDENTITY_SCOPE, WORLD_PREFIX, allocate_cidr_identities, cidr_labels
+from workbench.policy.cidr import (
+    LOCAL_IDENTITY_SCOPE,
+    WORLD_PREFIX,
+    CIDRRule,
+    allocate_cidr_identities,
+    cidr_labels,
+)
 from workbench.policy.documents import load_documents
 from workbench.policy.l7 import ALLOW_ALL, HttpRule
 from workbench.policy.ports import PORT_BITS, block_range, port_blocks
@@ -80,7 +86,10 @@ class CompiledPolicy:
     of every identity an entry names; ``endpoint_names``: ep_id -> "ns/pod";
     ``documents``: keys of the compiled documents; ``l7``: for every allow
     key that redirects to the proxy, the HTTP rules a request must match
-    (``ALLOW_ALL`` among them when an L3/L4 rule allows the same key too).
+    (``ALLOW_ALL`` among them when an L3/L4 rule allows the same key too);
+    ``cidr_notes``: for (ep_id, direction, identity) selected through a CIDR
+    rule, what that rule means for pods (:data:`~workbench.policy.cidr.K8S_IPBLOCK`
+    or :data:`~workbench.policy.cidr.CILIUM_CIDR`).
     """
 
     entries: list[PolicyEntry] = field(default_factory=list)
@@ -90,6 +99,7 @@ class CompiledPolicy:
     endpoint_names: dict[int, str] = field(default_factory=dict)
     documents: tuple[str, ...] = ()
     l7: dict[EntryKey, tuple[HttpRule, ...]] = field(default_factory=dict)
+    cidr_notes: dict[tuple[int, Direction, int], tuple[str, ...]] = field(default_factory=dict)
 
     def http_rules(self, ep_id: int, direction: Direction, identity: int,
                    port: int) -> tuple[HttpRule, ...] | None:
@@ -137,16 +147,17 @@ def compile_policies(documents: Iterable[PolicyDocument], endpoints: list[Endpoi
     documents = list(documents)
     cidr_ids = allocate_cidr_identities(
         (c for d in documents for s in d.specs for r in s.rules if r.peers for c in r.peers.cidrs),
-        previous_cidr_identities)
+        previous_cidr_identities, exclude=(f"{ep.ipv4}/32" for ep in endpoints))
     universe = _identity_universe(endpoints, identities)
     resolver = _PeerResolver(
-        {n: _with_namespace_labels(labels, namespaces) for n, labels in universe.items()}, cidr_ids)
+        {n: _with_namespace_labels(labels, namespaces) for n, labels in universe.items()}, cidr_ids, endpoints)
 
     enforced: set[tuple[int, Direction]] = set()
     sources: dict[tuple[EntryKey, bool], set[str]] = defaultdict(set)
     # per allow key: the HTTP rules of its L7 rules, ALLOW_ALL when an L3/L4 rule also allows it
     http: dict[EntryKey, list[HttpRule]] = defaultdict(list)
     plain: set[EntryKey] = set()
+    cidr_notes: dict[tuple[int, Direction, int], set[str]] = defaultdict(set)
     for doc in documents:
         doc_key = doc.key
         for spec in doc.specs:
@@ -155,8 +166,17 @@ def compile_policies(documents: Iterable[PolicyDocument], endpoints: list[Endpoi
             for ep in subjects:
                 enforced.update((ep.id, d) for d in spec.enforce)
             for rule in spec.rules:
-                for key in _rule_keys(rule, resolver):
-                    for ep in subjects:
+                keys = _rule_keys(rule, resolver)
+                named_here = rule.direction == "ingress" and any(p.name for p in rule.ports)
+                if rule.direction == "egress":
+                    keys += _egress_named_keys(rule, resolver)   # the peers' ports: the same for every subject
+                notes = resolver.cidr_meaning(rule.peers)
+                for ep in subjects:
+                    # an ingress named port is the subject's own port of that name
+                    ep_keys = keys + _ingress_named_keys(rule, resolver, ep) if named_here else keys
+                    for identity, meanings in notes.items():
+                        cidr_notes[(ep.id, rule.direction, identity)].update(meanings)
+                    for key in ep_keys:
                         key_of_ep: EntryKey = (ep.id, *key)  # type: ignore[assignment]
                         sources[(key_of_ep, rule.deny)].add(doc_key)
                         if rule.deny:
@@ -179,10 +199,12 @@ def compile_policies(documents: Iterable[PolicyDocument], endpoints: list[Endpoi
             labels[number] = cidr_labels(prefix)
     labels[ID_ANY] = ("reserved:any",) if ID_ANY in labels else ()
     labels = {k: v for k, v in labels.items() if v}
+    selected = {(e.ep_id, e.direction, e.identity) for e in entries}
     return CompiledPolicy(
         entries=entries, enforced=enforced, cidr_identities=cidr_ids, identity_labels=labels,
         endpoint_names={ep.id: f"{ep.namespace}/{ep.pod}" for ep in endpoints},
-        documents=tuple(d.key for d in documents), l7=l7)
+        documents=tuple(d.key for d in documents), l7=l7,
+        cidr_notes={k: tuple(sorted(v)) for k, v in cidr_notes.items() if k in selected and v})
 
 
 def _identity_universe(endpoints: list[Endpoint], identities: list[Identity]) -> dict[int, tuple[str, ...]]:
@@ -210,10 +232,16 @@ def _with_namespace_labels(labels: Iterable[str], namespaces: Mapping[str, Mappi
 class _PeerResolver:
     """Selectors, entities and CIDRs -> sets of numeric identities."""
 
-    def __init__(self, universe: dict[int, tuple[str, ...]], cidr_ids: dict[str, int]) -> None:
+    def __init__(self, universe: dict[int, tuple[str, ...]], cidr_ids: dict[str, int],
+                 endpoints: Sequence[Endpoint] = ()) -> None:
         self.parsed = {n: [split_label(label) for label in labels] for n, labels in universe.items()}
         self.cidr_ids = cidr_ids
+        self.endpoints = list(endpoints)
+        self.by_identity: dict[int, list[Endpoint]] = defaultdict(list)
+        for ep in self.endpoints:
+            self.by_identity[ep.identity].append(ep)
         self._cache: dict[Peers, set[int]] = {}
+        self._notes: dict[Peers, dict[int, set[str]]] = {}
         cluster = {n for n in universe if FIRST_CLUSTER_IDENTITY <= n < LOCAL_IDENTITY_SCOPE}
         world = {ID_WORLD} | set(cidr_ids.values())
         self.entities: dict[str, set[int]] = {
@@ -237,16 +265,90 @@ class _PeerResolver:
         for entity in peers.entities:
             ids.update(self.entities[entity])
         for cidr in peers.cidrs:
-            ids.update(n for prefix, n in self.cidr_ids.items() if cidr.selects(prefix))
+            ids.update(self._cidr_identities(cidr))
         return ids
 
+    def _cidr_identities(self, cidr: CIDRRule) -> set[int]:
+        """The CIDR identities in range; for a Kubernetes ipBlock also the pod identities in range.
 
-def _rule_keys(rule: PolicyRule, resolver: _PeerResolver) -> list[tuple[Direction, int, int, int, int]]:
-    """(direction, identity, protocol, port, prefix) for every peer x port block of a rule."""
+        The policy map knows identities, not addresses, and pods with one label
+        set share an identity: an identity is selected only when every pod that
+        has it is in range (never more than the ipBlock admits; docs/policy.md).
+        """
+        ids = {n for prefix, n in self.cidr_ids.items() if cidr.selects(prefix)}
+        if cidr.pods:
+            ids.update(n for n, eps in self.by_identity.items() if all(cidr.contains(ep.ipv4) for ep in eps))
+        return ids
+
+    def cidr_meaning(self, peers: Peers | None) -> dict[int, set[str]]:
+        """Identity -> the meanings of the CIDR rules of ``peers`` that select it (for explain)."""
+        if peers is None or not peers.cidrs:
+            return {}
+        if peers not in self._notes:
+            notes: dict[int, set[str]] = defaultdict(set)
+            for cidr in peers.cidrs:
+                for n in self._cidr_identities(cidr):
+                    notes[n].add(cidr.meaning)
+            self._notes[peers] = dict(notes)
+        return self._notes[peers]
+
+    def endpoints_of(self, identities: set[int]) -> list[Endpoint]:
+        """The lab's pods that have one of ``identities`` (every pod for 0, any peer)."""
+        if ID_ANY in identities:
+            return self.endpoints
+        return [ep for n in sorted(identities) for ep in self.by_identity.get(n, [])]
+
+
+RuleKey = tuple[Direction, int, int, int, int]   # direction, identity, protocol, port, prefix
+
+
+def _rule_keys(rule: PolicyRule, resolver: _PeerResolver) -> list[RuleKey]:
+    """(direction, identity, protocol, port, prefix) for every peer x numeric port block of a rule.
+
+    No ports: any port. Named ports are resolved per pod (:func:`_ingress_named_keys`,
+    :func:`_egress_named_keys`); a rule with only named ports has no keys here.
+    """
     l4 = [(0, 0, 0)] if not rule.ports else [
         (p.protocol, port, prefix) for p in rule.ports for port, prefix in p.blocks()]
     return [(rule.direction, ident, *block) for ident in sorted(resolver.resolve(rule.peers))
             for block in l4]
+
+
+def _resolve_name(ep: Endpoint, name: str, protocol: int) -> int | None:
+    """The port a pod's containerPort named ``name`` has, if its protocol is ``protocol``."""
+    found = ep.named_ports.get(name)
+    if found is None or abi.POLICY_PROTOCOLS.get(found[1]) != protocol:
+        return None
+    return found[0]
+
+
+def _ingress_named_keys(rule: PolicyRule, resolver: _PeerResolver, ep: Endpoint) -> list[RuleKey]:
+    """Ingress: a named port is the subject pod's own container port of that name (none: no entry)."""
+    keys: list[RuleKey] = []
+    for port_range in rule.ports:
+        port = _resolve_name(ep, port_range.name, port_range.protocol) if port_range.name else None
+        if port is not None:
+            keys += [(rule.direction, ident, port_range.protocol, port, PORT_BITS)
+                     for ident in sorted(resolver.resolve(rule.peers))]
+    return keys
+
+
+def _egress_named_keys(rule: PolicyRule, resolver: _PeerResolver) -> list[RuleKey]:
+    """Egress: a named port is each peer pod's container port of that name, keyed by the pod's identity.
+
+    Peers that are no pods (world, CIDRs, host) have no named ports. Pods that
+    share an identity share its entries: each port the name has on one of them.
+    """
+    named = [p for p in rule.ports if p.name]
+    if not named:
+        return []
+    keys: set[RuleKey] = set()
+    for ep in resolver.endpoints_of(resolver.resolve(rule.peers)):
+        for port_range in named:
+            port = _resolve_name(ep, port_range.name, port_range.protocol)
+            if port is not None:
+                keys.add((rule.direction, ep.identity, port_range.protocol, port, PORT_BITS))
+    return sorted(keys)
 
 
 def _block(entry: PolicyEntry) -> tuple[int, int]:

@@ -7,6 +7,9 @@ peer and one with no ``ports`` every port (so ``ingress: [{}]`` allows all).
 A peer's podSelector alone selects pods of the policy's namespace;
 namespaceSelector selects pods of the namespaces whose labels match (always
 including ``kubernetes.io/metadata.name``), and both together intersect.
+An ``ipBlock`` selects the pods whose IP is in range (minus ``except``) as well
+as the addresses outside the lab; a port may be a name ("http"), resolved per
+pod from its containerPort names.
 """
 
 from __future__ import annotations
@@ -93,7 +96,8 @@ def _parse_peer(doc: DocRef, path: str, value: Any,
         if not block.has("cidr"):
             raise doc.error(block.at("cidr"), "is required")
         cidr = parse_cidr(doc, block.at("cidr"), block.value["cidr"])
-        return None, CIDRRule(cidr, parse_excepts(doc, block.at("except"), cidr, block.items("except")))
+        # Kubernetes' meaning: pods whose IP is in range are selected too (the compiler resolves them).
+        return None, CIDRRule(cidr, parse_excepts(doc, block.at("except"), cidr, block.items("except")), pods=True)
 
     if "podSelector" in fields.value:
         selector = _selector(doc, fields.at("podSelector"), fields.value["podSelector"])

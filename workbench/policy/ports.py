@@ -21,6 +21,7 @@ from typing import Any
 
 from workbench.datapath.abi import POLICY_PROTOCOL_NAMES
 from workbench.errors import ValidationError
+from workbench.lab.model import PORT_NAME
 from workbench.policy.fields import DocRef, Fields
 
 PORT_BITS = 16
@@ -29,17 +30,25 @@ MAX_PORT = (1 << PORT_BITS) - 1
 
 @dataclass(frozen=True)
 class PortRange:
-    """Destination ports ``first..last`` of one protocol (6 TCP, 17 UDP); 0..65535 is any port."""
+    """Destination ports ``first..last`` of one protocol (6 TCP, 17 UDP); 0..65535 is any port.
+
+    ``name`` set: a named port ("http"), resolved per pod from its containerPort
+    names by the compiler; ``first``/``last`` are then unused (0).
+    """
 
     protocol: int
     first: int = 0
     last: int = MAX_PORT
+    name: str = ""
 
     def blocks(self) -> list[tuple[int, int]]:
-        return port_blocks(self.first, self.last)
+        """The prefix blocks of a numeric range (a named port has none of its own)."""
+        return [] if self.name else port_blocks(self.first, self.last)
 
     def __str__(self) -> str:
         proto = POLICY_PROTOCOL_NAMES.get(self.protocol, str(self.protocol))
+        if self.name:
+            return f"{self.name}/{proto}"
         if (self.first, self.last) == (0, MAX_PORT):
             return f"{proto}/any"
         if self.first == self.last:
@@ -73,14 +82,20 @@ def block_range(port: int, prefix: int) -> tuple[int, int]:
     return first, first + size - 1
 
 
-def parse_port_number(doc: DocRef, path: str, value: Any, *, allow_zero: bool) -> int:
-    """A port given as an integer or a decimal string; a name is refused clearly."""
+def parse_port_number(doc: DocRef, path: str, value: Any, *, allow_zero: bool,
+                      allow_name: bool = False) -> int | str:
+    """A port given as an integer or a decimal string, or (``allow_name``) a port name like "http"."""
     if isinstance(value, bool):
         raise doc.error(path, f"must be a port number, got {value!r}")
     if isinstance(value, str):
         text = value.strip()
         if not text.isdigit():
-            raise doc.error(path, f"named port {value!r} is not supported; use the port number")
+            if not allow_name:
+                raise doc.error(path, f"must be a port number, got {value!r}")
+            if not PORT_NAME.match(value):
+                raise doc.error(path, f"{value!r} is neither a port number nor a valid port name (at most 15 "
+                                      "lowercase letters, digits and '-', with a letter)")
+            return value
         value = int(text)
     if not isinstance(value, int):
         raise doc.error(path, f"must be a port number, got {value!r}")
@@ -100,11 +115,17 @@ def parse_port(doc: DocRef, path: str, value: Any, *, protocols: dict[str, tuple
                         f"(use one of {', '.join(protocols)})")
     first, last = 0, MAX_PORT
     if fields.has("port"):
-        port = parse_port_number(doc, fields.at("port"), fields.value["port"], allow_zero=zero_means_any)
+        port = parse_port_number(doc, fields.at("port"), fields.value["port"], allow_zero=zero_means_any,
+                                 allow_name=True)
+        if isinstance(port, str):
+            if fields.has("endPort"):
+                raise doc.error(fields.at("endPort"), f"endPort needs a numeric port, not the named port {port!r}")
+            return [PortRange(number, 0, 0, name=port) for number in protocols[protocol]]
         if port:
             first = last = port
     if fields.has("endPort"):
         end = parse_port_number(doc, fields.at("endPort"), fields.value["endPort"], allow_zero=False)
+        assert isinstance(end, int)
         if not fields.has("port") or first == 0:
             raise doc.error(fields.at("endPort"), "endPort needs a non-zero port")
         if end < first:

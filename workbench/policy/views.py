@@ -25,7 +25,7 @@ from workbench.policy.compiler import CompiledPolicy, entry_key
 from workbench.policy.ports import block_range
 
 COLUMNS = ["ep_id", "pod", "direction", "identity", "peer_labels", "protocol", "port", "verdict",
-           "match_type", "rules", "http"]
+           "match_type", "rules", "http", "cidr"]
 
 
 def port_text(entry: PolicyEntry) -> str:
@@ -51,6 +51,8 @@ def entry_row(compiled: CompiledPolicy, entry: PolicyEntry) -> dict[str, Any]:
         "rules": list(entry.rules),
         # L7: the HTTP rules a redirected request must match (empty: not proxied)
         "http": [str(r) for r in compiled.l7.get(entry_key(entry), ())],
+        # when a CIDR rule selects the peer: which meaning it has for pods (NetworkPolicy ipBlock or Cilium)
+        "cidr": "; ".join(compiled.cidr_notes.get((entry.ep_id, entry.direction, entry.identity), ())),
     }
 
 
@@ -66,7 +68,7 @@ def explain(compiled: CompiledPolicy, *, pod: str | None = None,
     for ep_id, d in sorted(compiled.enforced - with_entries):
         rows.append({"ep_id": ep_id, "pod": compiled.endpoint_names.get(ep_id, ""), "direction": d,
                      "identity": None, "peer_labels": [], "protocol": "", "port": "",
-                     "verdict": "default-deny", "match_type": "none", "rules": [], "http": []})
+                     "verdict": "default-deny", "match_type": "none", "rules": [], "http": [], "cidr": ""})
     if pod is not None:
         rows = [r for r in rows if r["pod"] == pod or r["pod"].split("/", 1)[-1] == pod]
     if direction is not None:
