@@ -144,6 +144,7 @@ class ContinuousArchiver:
         self._path: Path | None = None
         self._file_rows = 0
         self._file_started = 0.0
+        self._file_number = 0   # never reused: a name is never written twice, even after a removed file
         self._last_flush = time.monotonic()
         self._retry_at = 0.0
         self._labels: pa.Array | None = None
@@ -256,7 +257,8 @@ class ContinuousArchiver:
             self._finish_file()
         if self._writer is None:
             stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S")
-            self._path = self.directory / f"flows-{stamp}-{len(self.files):04d}.parquet"
+            self._path = self.directory / f"flows-{stamp}-{self._file_number:04d}.parquet"
+            self._file_number += 1
             self._file_rows, self._file_started = 0, time.monotonic()
             self._writer = pq.ParquetWriter(self._path, table.schema)
             self.files.append(self._path)
@@ -278,7 +280,10 @@ class ContinuousArchiver:
         """
         writer, path, rows = self._writer, self._path, self._file_rows
         self._writer, self._path, self._file_rows = None, None, 0
-        if writer is None or path is None:
+        if path is None:
+            return
+        if writer is None:   # the file was created but its writer failed to start: nothing in it
+            path.unlink(missing_ok=True)
             return
         problem: BaseException | None = None
         try:
