@@ -164,6 +164,25 @@ SCENARIOS = [
         policyTypes: [Egress]
         egress: [{to: [{ipBlock: {cidr: 192.0.2.0/24, except: [192.0.2.10/32]}}]}]
         """), [Probe("xwing", "world", expect=DROP), Probe("xwing", "backend", expect=DROP)]),
+    Scenario("networkpolicy-ipblock-selects-pods-in-range", knp("np-ipblock-pods", """
+        podSelector: {matchLabels: {class: xwing}}
+        policyTypes: [Egress]
+        egress: [{to: [{ipBlock: {cidr: 10.0.0.0/8}}]}]
+        """), [Probe("xwing", "backend"), Probe("xwing", "deathstar"), Probe("xwing", "world", expect=DROP)]),
+    Scenario("cilium-cidr-never-selects-pods", cnp("cidr-pods", XWING + """
+        egress: [{toCIDR: [10.0.0.0/8, 192.0.2.0/24]}]
+        """), [Probe("xwing", "world"), Probe("xwing", "backend", expect=DROP)]),
+    Scenario("named-port-ingress-is-the-servers-own-port", cnp("named-in", BACKEND + """
+        ingress:
+        - fromEndpoints: [{matchLabels: {class: xwing}}]
+          toPorts: [{ports: [{port: http-alt, protocol: TCP}]}]
+        """), [Probe("xwing", "backend", 8080), Probe("xwing", "backend", 80, expect=DROP)]),
+    Scenario("named-port-egress-is-the-peers-port", knp("np-named-out", """
+        podSelector: {matchLabels: {class: xwing}}
+        policyTypes: [Egress]
+        egress: [{ports: [{port: http}]}]
+        """), [Probe("xwing", "backend", 80), Probe("xwing", "backend", 8080, expect=DROP),
+               Probe("xwing", "deathstar", 80, expect=DROP)]),   # the deathstar pods name no port
     Scenario("networkpolicy-egress-deny-all", knp("np-deny-egress", """
         podSelector: {matchLabels: {class: tiefighter}}
         policyTypes: [Egress]
