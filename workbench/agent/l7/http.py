@@ -19,7 +19,7 @@ Example::
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from typing import Any, BinaryIO
 
@@ -62,12 +62,44 @@ class Message:
         return int(self.start[1])
 
 
-def _read_head(rfile: BinaryIO) -> list[bytes] | None:
+# The parsers are generators (sans-IO): each yields the read it needs, one of the operations below,
+# and is sent the bytes back; ``run`` drives them over a binary file (tests, anything blocking) and the
+# proxy drives them over its non-blocking sockets. One parser for both: every check below applies to
+# both, and the proxy decides itself how long it waits for each read.
+LINE = "line"     # readline(n): up to and including b"\n", at most n bytes; fewer, or b"", at EOF
+EXACT = "exact"   # read(n): n bytes, fewer only at EOF
+SOME = "some"     # read1(n): 1 to n bytes, b"" at EOF
+WRITE = "write"   # pass these body bytes on (framing included); sent None back
+Step = tuple[str, Any]
+Parser = Generator[Step, Any, Any]
+
+
+def run(parser: Parser, rfile: BinaryIO, write: Callable[[bytes], Any] | None = None) -> Any:
+    """Drive ``parser`` over a blocking binary file; ``write`` gets the body bytes (None: discarded)."""
+    try:
+        step = next(parser)
+        while True:
+            kind, arg = step
+            if kind == LINE:
+                step = parser.send(rfile.readline(arg))
+            elif kind == EXACT:
+                step = parser.send(rfile.read(arg) or b"")
+            elif kind == SOME:
+                step = parser.send(rfile.read1(arg) if hasattr(rfile, "read1") else rfile.read(arg))
+            else:
+                if write is not None:
+                    write(arg)
+                step = parser.send(None)
+    except StopIteration as done:
+        return done.value
+
+
+def _head_lines() -> Generator[Step, bytes, list[bytes] | None]:
     """Lines of one message head without CRLF; None on a clean EOF before any byte."""
     lines: list[bytes] = []
     total = 0
     while True:
-        line = rfile.readline(MAX_LINE + 1)
+        line = yield LINE, MAX_LINE + 1
         if not line:
             if not lines:
                 return None
@@ -141,9 +173,9 @@ def _framing(msg: Message, is_request: bool) -> None:
         msg.keep_alive = "close" not in connection
 
 
-def read_request(rfile: BinaryIO) -> Message | None:
-    """The next request head from a client (None: the client closed cleanly)."""
-    lines = _read_head(rfile)
+def request_parser() -> Generator[Step, bytes, Message | None]:
+    """Parser of the next request head from a client (returns None: the client closed cleanly)."""
+    lines = yield from _head_lines()
     if lines is None:
         return None
     parts = lines[0].split(b" ")
@@ -155,9 +187,9 @@ def read_request(rfile: BinaryIO) -> Message | None:
     return msg
 
 
-def read_response(rfile: BinaryIO, request_method: str) -> Message:
-    """The response head to ``request_method`` (HEAD, 1xx, 204 and 304 have no body)."""
-    lines = _read_head(rfile)
+def response_parser(request_method: str) -> Generator[Step, bytes, Message]:
+    """Parser of the response head to ``request_method`` (HEAD, 1xx, 204 and 304 have no body)."""
+    lines = yield from _head_lines()
     if lines is None:
         raise MalformedHTTP("the server closed the connection without answering")
     parts = lines[0].split(b" ", 2)
@@ -175,61 +207,74 @@ def read_response(rfile: BinaryIO, request_method: str) -> Message:
     return msg
 
 
-def copy_body(msg: Message, rfile: BinaryIO, write: Callable[[bytes], Any] | None = None) -> int:
-    """Read the body that follows ``msg`` and pass it (raw, framing included) to ``write``; returns bytes.
-
-    ``write`` None discards (a denied request's body).
-    """
-    sink: Callable[[bytes], Any] = write if write is not None else (lambda _data: None)
+def body_parser(msg: Message) -> Generator[Step, Any, int]:
+    """Parser of the body that follows ``msg``: yields it (raw, framing included) as WRITE steps; returns
+    its size in bytes."""
     total = 0
     if msg.chunked:
         while True:
-            line = rfile.readline(MAX_LINE + 1)
+            line = yield LINE, MAX_LINE + 1
             if not line.endswith(b"\n"):
                 raise MalformedHTTP("bad chunk size line")
             size_match = _CHUNK_SIZE.fullmatch(line)
             if size_match is None:
                 raise MalformedHTTP(f"bad chunk size {line.split(b';')[0].strip()[:20]!r}")
             size = int(size_match.group(1), 16)
-            sink(line)
+            yield WRITE, line
             total += len(line)
             if size == 0:
                 while True:  # trailers up to the empty line
-                    trailer = rfile.readline(MAX_LINE + 1)
+                    trailer = yield LINE, MAX_LINE + 1
                     if not trailer.endswith(b"\r\n") or b"\r" in trailer[:-2]:
                         raise MalformedHTTP("bad or unterminated chunked trailer line")
-                    sink(trailer)
+                    yield WRITE, trailer
                     total += len(trailer)
                     if trailer == b"\r\n":
                         return total
-            data = _read_exact(rfile, size + 2)
+            data = yield EXACT, size + 2
+            if len(data) != size + 2:
+                raise MalformedHTTP("connection closed inside a chunk")
             if not data.endswith(b"\r\n"):
                 raise MalformedHTTP("chunk data not followed by CRLF")
-            sink(data)
+            yield WRITE, data
             total += len(data)
     if msg.body_length is None:  # until EOF
         while True:
-            data = rfile.read1(65536) if hasattr(rfile, "read1") else rfile.read(65536)
+            data = yield SOME, 65536
             if not data:
                 return total
-            sink(data)
+            yield WRITE, data
             total += len(data)
     remaining = msg.body_length
     while remaining:
-        data = rfile.read1(min(remaining, 65536)) if hasattr(rfile, "read1") else rfile.read(min(remaining, 65536))
+        data = yield SOME, min(remaining, 65536)
         if not data:
             raise MalformedHTTP("connection closed inside a message body")
-        sink(data)
+        yield WRITE, data
         total += len(data)
         remaining -= len(data)
     return total
 
 
-def _read_exact(rfile: BinaryIO, n: int) -> bytes:
-    data = rfile.read(n)
-    if data is None or len(data) != n:
-        raise MalformedHTTP("connection closed inside a chunk")
-    return data
+def read_request(rfile: BinaryIO) -> Message | None:
+    """The next request head from a client (None: the client closed cleanly)."""
+    result: Message | None = run(request_parser(), rfile)
+    return result
+
+
+def read_response(rfile: BinaryIO, request_method: str) -> Message:
+    """The response head to ``request_method`` (HEAD, 1xx, 204 and 304 have no body)."""
+    result: Message = run(response_parser(request_method), rfile)
+    return result
+
+
+def copy_body(msg: Message, rfile: BinaryIO, write: Callable[[bytes], Any] | None = None) -> int:
+    """Read the body that follows ``msg`` and pass it (raw, framing included) to ``write``; returns bytes.
+
+    ``write`` None discards (a denied request's body).
+    """
+    result: int = run(body_parser(msg), rfile, write)
+    return result
 
 
 def simple_response(code: int, reason: str, body: str, keep_alive: bool) -> bytes:
