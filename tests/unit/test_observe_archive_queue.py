@@ -131,3 +131,31 @@ def test_queue_holds_batches_without_copying_ring_rows(tmp_path: Path):
     back = load_parquet(tmp_path)
     assert len(back) == 70
     assert np.array_equal(back.src_port.to_numpy()[:10], first["sport"])
+
+
+def test_the_dashboard_shows_a_failing_archive_even_when_paused(tmp_path: Path):
+    """What the agent's flows.query adds (the archive's drops and error) becomes a visible line."""
+    import pytest
+
+    pytest.importorskip("anywidget")
+    from workbench.observe.dashboard import observe_dashboard
+
+    directory = tmp_path / "flows"
+    store = FlowStore(context=synthetic.star_wars_context())
+    archiver = ContinuousArchiver(store, directory, flush_rows=1, retry_seconds=3600)
+
+    def fetch(after):   # as the agent answers flows.query when the lab archives
+        frame = store.frame(after=after)
+        frame.attrs["archive"] = {"dropped": archiver.rows_dropped, "error": archiver.error}
+        return frame
+
+    dash = observe_dashboard(fetch)
+    assert dash.archive_status.value == ""          # the archive keeps every row: no line
+    shutil.rmtree(directory)                        # before its first file: the next write fails
+    store.ingest(synthetic.random_events(7, seed=2))
+    archiver.flush()
+    dash.pause_button.value = True                   # a paused dashboard still says so
+    dash.refresh()
+    assert "No such file or directory" in dash.archive_status.value
+    assert "7 rows dropped" in dash.archive_status.value
+    archiver.close()
