@@ -2,14 +2,24 @@
 
 from __future__ import annotations
 
+import re
+
+# What str.splitlines() breaks at: shown escaped, since messages quote user input (field names, values).
+_LINE_BREAKS = re.compile("[\n\r\v\f\x1c\x1d\x1e\x85\u2028\u2029]")
+
+
+def one_line(text: str) -> str:
+    """``text`` with its line breaks escaped: one_line("a\\nb") == "a\\\\nb"."""
+    return _LINE_BREAKS.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), text)
+
 
 class WorkbenchError(Exception):
     """A user-facing failure. ``str(err)`` is a single line, never a traceback."""
 
     def __init__(self, message: str, *, hint: str | None = None) -> None:
-        self.message = message
-        self.hint = hint
-        super().__init__(message if not hint else f"{message} ({hint})")
+        self.message = one_line(message)
+        self.hint = one_line(hint) if hint else hint
+        super().__init__(self.message if not self.hint else f"{self.message} ({self.hint})")
 
 
 class SetupError(WorkbenchError):

@@ -91,6 +91,9 @@ def _read(source: Source, paths: bool, origin: str) -> tuple[str, list[tuple[int
         return "", [(1, copy.deepcopy(source))]
     if isinstance(source, list):
         return "", list(enumerate(copy.deepcopy(source), start=1))
+    if not isinstance(source, str | Path):
+        raise ValidationError(f"policy source must be YAML text, a file path, a dict or a list of dicts, "
+                              f"got {type_name(source)}")
     if isinstance(source, Path) or (paths and "\n" not in source and _looks_like_path(source)):
         path = Path(source)
         if not path.is_file():
@@ -121,7 +124,7 @@ def parse_document(raw: Any, ref: DocRef) -> PolicyDocument:
     kind = raw.get("kind")
     if kind is None:
         raise ref.error("kind", "is required")
-    if kind not in API_VERSIONS:
+    if not isinstance(kind, str) or kind not in API_VERSIONS:   # a list or mapping is unhashable
         raise ref.error("kind", f"unsupported kind {kind!r} (supported: {', '.join(API_VERSIONS)})")
     name = _name(raw, ref)
     ref = DocRef(ref.index, kind, name, ref.source)

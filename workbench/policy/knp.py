@@ -38,7 +38,7 @@ def parse_network_policy_spec(doc: DocRef, path: str, value: Any, namespace: str
     enforce: set[Direction] = set()
     type_items = fields.items("policyTypes")
     for item_path, item in type_items:
-        if item not in _POLICY_TYPES:
+        if not isinstance(item, str) or item not in _POLICY_TYPES:   # a list or mapping is unhashable
             raise doc.error(item_path, f"unknown policy type {item!r} (use Ingress or Egress)")
         if _POLICY_TYPES[item] in enforce:
             raise doc.error(item_path, f"policy type {item} is listed twice")
