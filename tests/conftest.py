@@ -1,7 +1,8 @@
 """Test tiers and the leak check.
 
 - tests/unit: no root needed.
-- tests/privileged: real netns, real eBPF, real packets. They skip without
+- tests/privileged and tests/conformance (upstream NetworkPolicy cases on a
+  real lab): real netns, real eBPF, real packets. They skip without
   root; with WORKBENCH_REQUIRE_PRIVILEGED=1 (CI) such a skip is a failure.
 - tests/security: the adversarial suite, privileged the same way, except
   modules marked ``unprivileged`` (pure parsers, the CLI's argument handling).
@@ -31,7 +32,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         path = str(item.fspath)
         in_security = f"{os.sep}security{os.sep}" in path and not item.get_closest_marker("unprivileged")
-        if f"{os.sep}privileged{os.sep}" in path or in_security:
+        in_tier = any(f"{os.sep}{tier}{os.sep}" in path for tier in ("privileged", "conformance"))
+        if in_tier or in_security:
             item.add_marker(pytest.mark.privileged)
             if not is_root():
                 item.add_marker(pytest.mark.skip(reason="needs root (real netns and eBPF)"))
