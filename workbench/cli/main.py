@@ -6,7 +6,7 @@ import json
 import sys
 
 from workbench.cli.commands import ArgumentError, run
-from workbench.errors import WorkbenchError
+from workbench.errors import WorkbenchError, one_line
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -17,7 +17,7 @@ def main(argv: list[str] | None = None) -> int:
     except ArgumentError as err:
         if "--help" in argv or "-h" in argv:
             return 0
-        print(f"error: {err}", file=sys.stderr)
+        print(f"error: {one_line(str(err))}", file=sys.stderr)   # it quotes the arguments as typed
         return 2
     except WorkbenchError as err:
         print(f"error: {err}", file=sys.stderr)
