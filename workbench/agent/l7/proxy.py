@@ -76,7 +76,7 @@ HEAD_TIMEOUT = 10.0            # seconds for a whole request head
 IDLE_TIMEOUT = 60.0            # seconds between requests, and without progress inside one
 UPSTREAM_TIMEOUT = 10.0        # seconds for each upstream connect, send and read
 FD_HEADROOM = 1024             # descriptors the agent needs besides the proxy's (maps, programs, API)
-LISTEN_BACKLOG = 1024
+LISTEN_BACKLOG = MAX_CONNECTIONS   # a burst of connects up to the bound waits instead of being dropped
 ACCEPT_BATCH = 64              # accepts per wakeup, so a flood of connects cannot starve served clients
 DENIED_BODY = "Access denied\r\n"
 TIMEOUT_BODY = "Request head not received in time\r\n"
@@ -352,6 +352,10 @@ class _Connection:
                 except Timeout as late:
                     if late.what == "head" and (pending or self.down.received > received):  # part of a head came
                         await self._too_slow()
+                    # Reset, as nginx's reset_timedout_connection: a proxy-side TIME_WAIT would make the kernel
+                    # refuse a new connection that reuses the client's port (the redirect hands its SYN to the
+                    # listener, and the request is dropped as a duplicate of the TIME_WAIT entry) for 60 s.
+                    self.down.reset_on_close()
                     return
                 except MalformedHTTP as err:
                     await self._malformed(str(err))

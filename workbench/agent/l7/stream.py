@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import struct
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -239,10 +240,14 @@ class Stream(asyncio.Protocol):
         if self.transport is not None:
             self.transport.close()
 
-    def abort(self) -> None:
-        """Close at once, dropping anything unsent."""
-        if self.transport is not None:
-            self.transport.abort()
+    def reset_on_close(self) -> None:
+        """Make ``close`` end the connection with RST once what was sent has left: no TIME_WAIT is kept."""
+        sock = self.transport.get_extra_info("socket") if self.transport is not None else None
+        if sock is not None:
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            except OSError:
+                pass
 
 
 async def drive(parser: Parser, source: Stream, write: Callable[[bytes], Awaitable[Any]] | None = None) -> Any:
