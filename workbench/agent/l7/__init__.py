@@ -47,6 +47,10 @@ close (conntrack keeps the proxy port; the proxy then allows every request),
 new ones go direct; an agent restart closes the proxied connections of the
 old agent.
 
+The proxy serves all connections from one event loop with a bound on them
+and deadlines on slow clients (:mod:`.proxy`, docs/safety.md).
+
 Modules: :mod:`.http` (HTTP/1.1 framing), :mod:`.proxy` (the proxy),
-:mod:`.flows` (L7 flow rows), :mod:`.service` (agent wiring).
+:mod:`.stream` (its sockets: buffers and deadlines), :mod:`.flows` (L7 flow
+rows), :mod:`.service` (agent wiring).
 """

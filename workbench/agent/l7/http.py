@@ -1,6 +1,8 @@
 """Just enough HTTP/1.1 for a policy proxy: request/response heads and body framing.
 
-Pure (works on any binary file object), so it is unit tested without sockets.
+Pure: the parsers are generators that say which read they need next
+(sans-IO), so the blocking readers below (any binary file object; unit tested
+without sockets) and the proxy's event loop run the very same checks.
 The proxy forwards the head line by line with CRLF endings and the body as
 framed; parsing finds the method, target, headers and where the message ends.
 A request whose framing another parser could read differently (both

@@ -22,11 +22,16 @@ not a thread. Limits (see docs/safety.md):
   connection for its first request, of the head's first byte for later ones;
   bytes trickling in do not move this deadline (Envoy's
   ``request_headers_timeout``). A client that sent part of a head then gets
-  ``408 Request Timeout`` and an ERROR flow; the connection is closed;
+  ``408 Request Timeout`` and an ERROR flow;
 - a kept-alive connection may wait ``IDLE_TIMEOUT`` seconds for its next
   request; a body or a send to the client that makes no progress for as long
   ends the connection; every upstream connect, send or read has
-  ``UPSTREAM_TIMEOUT`` seconds (then ``502 Bad Gateway``).
+  ``UPSTREAM_TIMEOUT`` seconds (then ``502 Bad Gateway``);
+- a connection ended by the head or idle deadline is reset, not closed
+  (no proxy-side TIME_WAIT, see ``run``).
+
+The proxy asks ``decide`` (RE2 matching, linear in the request) on the loop's
+own thread, not on the agent's API threads.
 
 Malformed requests get ``400 Bad Request`` and the connection is closed (a
 broken stream cannot be resynchronised); every error stays inside its
