@@ -88,7 +88,10 @@ def _launch(name: str, adopt: bool, timeout: float) -> dict[str, Any]:
     (directory / "agent.error").unlink(missing_ok=True)
     argv = [sys.executable, "-m", "workbench.agent", "--lab", name] + (["--adopt"] if adopt else [])
     client = AgentClient(name)
-    with open(directory / "agent.log", "ab") as log:
+    # 0600 whatever the umask (the caller's: the agent sets its own only once it runs)
+    fd = os.open(directory / "agent.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    os.fchmod(fd, 0o600)
+    with os.fdopen(fd, "ab") as log:
         # A session of its own: the agent outlives the CLI and ignores its Ctrl-C.
         proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                                 start_new_session=True, cwd="/", env={**os.environ, "PYTHONUNBUFFERED": "1"})
