@@ -50,7 +50,8 @@ class PolicyService:
     def _compile(self, documents: dict[str, PolicyDocument]) -> CompiledPolicy:
         return compile_policies(list(documents.values()), list(self.ctx.endpoints.values()),
                                 self._identities(), self.ctx.spec.namespaces,
-                                previous_cidr_identities=self.compiled.cidr_identities)
+                                previous_cidr_identities=self.compiled.cidr_identities,
+                                max_entries=self.datapath.policy_writer().capacity)
 
     def _base_ipcache(self) -> dict[str, int]:
         """The prefixes the agent itself maps (restored when a policy CIDR identity goes away)."""

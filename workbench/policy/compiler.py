@@ -55,6 +55,7 @@ from workbench.policy.cidr import (
     cidr_labels,
 )
 from workbench.policy.documents import load_documents
+from workbench.policy.fields import DocRef
 from workbench.policy.l7 import ALLOW_ALL, HttpRule
 from workbench.policy.ports import PORT_BITS, block_range, port_blocks
 from workbench.policy.rules import Peers, PolicyDocument, PolicyRule
@@ -137,12 +138,16 @@ class CompiledPolicy:
 def compile_policies(documents: Iterable[PolicyDocument], endpoints: list[Endpoint],
                      identities: list[Identity], namespaces: Mapping[str, Mapping[str, str]], *,
                      previous_cidr_identities: Mapping[str, int] | None = None,
-                     proxy_port: int = DEFAULT_PROXY_PORT) -> CompiledPolicy:
+                     proxy_port: int = DEFAULT_PROXY_PORT, max_entries: int | None = None) -> CompiledPolicy:
     """Compile validated documents against the lab's endpoints and identities.
 
     ``namespaces`` maps namespace name -> its labels (``kubernetes.io/metadata.name``
     is implied). Allow entries with L7 (HTTP) rules get ``proxy_port``. ``previous_cidr_identities`` (the last compile's
     ``cidr_identities``) keeps CIDR identity numbers stable across recompiles.
+    ``max_entries`` (the policy map's capacity) stops the compile with a one-line
+    error at the first rule after which the policy cannot fit, instead of
+    compiling all of a policy that the map will refuse anyway: every distinct key
+    becomes at least one map entry, so the count of keys so far is a lower bound.
     """
     documents = list(documents)
     cidr_ids = allocate_cidr_identities(
@@ -158,6 +163,7 @@ def compile_policies(documents: Iterable[PolicyDocument], endpoints: list[Endpoi
     http: dict[EntryKey, list[HttpRule]] = defaultdict(list)
     plain: set[EntryKey] = set()
     cidr_notes: dict[tuple[int, Direction, int], set[str]] = defaultdict(set)
+    distinct_keys: set[EntryKey] = set()
     for doc in documents:
         doc_key = doc.key
         for spec in doc.specs:
@@ -179,12 +185,15 @@ def compile_policies(documents: Iterable[PolicyDocument], endpoints: list[Endpoi
                     for key in ep_keys:
                         key_of_ep: EntryKey = (ep.id, *key)  # type: ignore[assignment]
                         sources[(key_of_ep, rule.deny)].add(doc_key)
+                        distinct_keys.add(key_of_ep)
                         if rule.deny:
                             continue
                         if rule.http is None:
                             plain.add(key_of_ep)
                         else:
                             http[key_of_ep].extend(rule.http)
+                if max_entries is not None and len(distinct_keys) > max_entries:
+                    raise _too_many_entries(doc, rule, max_entries)
 
     l7 = {k: tuple(dict.fromkeys(rules + ([ALLOW_ALL] if k in plain else []))) for k, rules in http.items()}
     entries = map_entries(resolve_deny(
@@ -205,6 +214,13 @@ def compile_policies(documents: Iterable[PolicyDocument], endpoints: list[Endpoi
         endpoint_names={ep.id: f"{ep.namespace}/{ep.pod}" for ep in endpoints},
         documents=tuple(d.key for d in documents), l7=l7,
         cidr_notes={k: tuple(sorted(v)) for k, v in cidr_notes.items() if k in selected and v})
+
+
+def _too_many_entries(doc: PolicyDocument, rule: PolicyRule, max_entries: int) -> ValidationError:
+    where = DocRef(doc.index, doc.kind, doc.name, doc.source)
+    return where.error(rule.path, f"the policies need more than the {max_entries:,} entries the policy map holds "
+                                  "(counting stopped at this rule)",
+                       hint="select fewer endpoints or peers, or merge port lists into ranges")
 
 
 def _identity_universe(endpoints: list[Endpoint], identities: list[Identity]) -> dict[int, tuple[str, ...]]:
