@@ -92,7 +92,7 @@ def test_metrics_text_and_status(agent):
     status = agent.methods["flows.status"]()
     assert status["seen"] == 300 and status["lost_events"] == 4 and status["reading"] is False
     lab_status = agent.flows.status_fields()
-    assert lab_status == {"flow_capacity": agent.flows.store.capacity, "metrics": None}
+    assert lab_status == {"flow_capacity": agent.flows.store.capacity, "metrics": None, "archive": None}
 
 
 def test_archive_method(agent, tmp_path):
