@@ -28,9 +28,14 @@ def lab_name(tag: str = "sec") -> str:
     return f"{tag}{uuid.uuid4().hex[:6]}"
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def starwars_lab() -> Iterator[wb.Lab]:
-    """The star-wars demo in a lab of this module's own, removed afterwards (also after failures)."""
+    """The star-wars demo in a lab of the suite's own, removed afterwards (also after failures).
+
+    Shared by the modules that only apply policies and send traffic (each
+    deletes its policies when done); a module that restarts or starves the
+    agent starts a lab of its own.
+    """
     lab = wb.Lab.up(name=lab_name())
     try:
         yield lab

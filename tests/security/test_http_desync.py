@@ -154,6 +154,7 @@ RAW_CLIENT = textwrap.dedent("""
 def corpus(starwars_lab):
     """Every case sent once; per case the client's answer, its port and the backend's new log lines."""
     lab = starwars_lab
+    lab.policy.delete(all=True)
     lab.policy.apply(wb.example("rule1-l7.yaml"))
     log = BackendLog(lab)
     log.new_lines()
@@ -168,7 +169,8 @@ def corpus(starwars_lab):
     time.sleep(0.5)
     late = log.new_lines()          # a request executed after its client was answered would show here
     flows = wait_for_l7_rows(lab, {r["port"] for r in results.values()}, start)
-    return results, late, flows
+    yield results, late, flows
+    lab.policy.delete(all=True)
 
 
 def wait_for_l7_rows(lab, ports: set[int], since: float):

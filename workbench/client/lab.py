@@ -37,6 +37,7 @@ from workbench.errors import NotFoundError, ValidationError, WorkbenchError
 from workbench.lab.ipam import DEFAULT_POD_CIDR, DEFAULT_SERVICE_CIDR
 from workbench.lab.manifests import LabSpec, parse_manifests, read_manifest_files
 from workbench.lab.names import check_lab_name, default_lab
+from workbench.lab.yamldocs import read_text_file
 from workbench.node.state import known_labs
 
 
@@ -77,7 +78,7 @@ def _spec_from(manifests: str | Path | list[str | Path] | None) -> LabSpec:
         path = Path(item)
         if not path.is_file():
             raise NotFoundError(f"manifest {path} does not exist")
-        texts.append((path.name, path.read_text()))
+        texts.append((path.name, read_text_file(path)))   # bounded: size, binary, UTF-8
     return parse_manifests(texts)
 
 
