@@ -4,7 +4,7 @@ Patterns are RE2 (linear-time matching, as Envoy's safe_regex): ``/v1/(a+)+``
 against ``/v1/`` + many ``a`` + ``!`` is the textbook catastrophic case for a
 backtracking engine (years of CPU), and must be answered at once while the
 agent's API keeps answering. What RE2 cannot do in linear time
-(lookaround, backreferences) and patterns whose program is too large are
+(lookaround, backreferences) and repetitions too large to compile are
 refused when the policy is applied, in one line, and nothing is applied.
 """
 
@@ -129,7 +129,7 @@ def test_a_100k_path_is_answered_within_two_seconds_and_never_forwarded(lab):
     ("/v1/(?=admin).*", "invalid regular expression"),         # lookahead
     ("/v1/(?<!x)y", "invalid regular expression"),              # lookbehind
     ("/v1/(a)\\1", "invalid regular expression"),               # backreference
-    ("/v1/((a{1000}){1000}){1000}", "invalid regular expression"),   # a program too large to build
+    ("/v1/((a{1000}){1000}){1000}", "invalid regular expression"),   # a repetition too large to build
 ])
 def test_patterns_re2_cannot_run_in_linear_time_are_refused_in_one_line(lab, tmp_path, path, why):
     before = lab.call("bpf.policy.get"), lab.call("policy.get")
