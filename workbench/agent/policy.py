@@ -9,13 +9,14 @@ the kernel, so bad input leaves the previous policy in force.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import threading
 from collections.abc import Callable
 from typing import Any
 
 from workbench.agent.context import LabContext
-from workbench.datapath import build
+from workbench.datapath import abi, build
 from workbench.datapath.loader import Datapath
 from workbench.errors import NotFoundError, ValidationError
 from workbench.lab.ipam import BASE_IPCACHE
@@ -24,6 +25,8 @@ from workbench.policy import compile_policies, diff, explain, load_documents
 from workbench.policy.compiler import CompiledPolicy, live_edit
 from workbench.policy.evaluate import cidr_identity, connection_allowed
 from workbench.policy.rules import PolicyDocument
+from workbench.policy.rules_view import live_entries, rule_rows
+from workbench.policy.trace import format_trace, resolve_ends, trace
 
 RESERVED_NAMES = {"host": ID_HOST, "world": ID_WORLD, "reserved:host": ID_HOST, "reserved:world": ID_WORLD,
                   "any": 0, "all": 0}
@@ -228,7 +231,49 @@ class PolicyService:
         :meth:`expect` first)."""
         return {"policy.apply": self.apply, "policy.get": self.get, "policy.delete": self.delete,
                 "policy.explain": self.explain, "policy.audit": self.audit, "policy.map.edit": self.edit_map,
-                "bpf.policy.get": self.bpf_policy, "datapath.metrics": self.datapath_metrics}
+                "bpf.policy.get": self.bpf_policy, "datapath.metrics": self.datapath_metrics,
+                "policy.rules": self.rules, "policy.trace": self.trace}
+
+    # -- explaining verdicts: rules with counters, trace ----------------------------------------
+    def rules(self) -> list[dict[str, Any]]:
+        """One row per rule of every applied policy, with the live map's counters of its entries."""
+        with self.lock:
+            live = self.datapath.policy_writer().entries().to_dict(orient="records")
+            return rule_rows(self.documents.values(), self.compiled, live)
+
+    def audit_flags(self) -> dict[int, bool]:
+        """Endpoint id -> audit mode, as the datapath's endpoints map holds it."""
+        return {int(info.ep_id): bool(int(info.flags) & abi.EP_AUDIT)
+                for info in self.datapath.bpf[b"endpoints"].values()}
+
+    def live_policy(self) -> CompiledPolicy:
+        """The compiled policy with the entries the live map holds (live edits included)."""
+        live = self.datapath.policy_writer().entries().to_dict(orient="records")
+        return dataclasses.replace(self.compiled, entries=live_entries(live))
+
+    def _ipcache(self, address: str) -> int:
+        found = build.ipcache_lookup(self.ctx.maps, address)
+        return ID_WORLD if found is None else found
+
+    def trace(self, source: str, destination: str, port: int, protocol: str = "TCP", http_method: str | None = None,
+              http_path: str | None = None, headers: dict[str, str] | None = None) -> dict[str, Any]:
+        """The verdict a new connection (and, with an HTTP method/path, a request) would get now."""
+        method, path = http_method, http_path
+        proto = str(protocol).upper()
+        if proto not in ("TCP", "UDP"):
+            raise ValidationError(f"trace protocol {protocol!r} must be TCP or UDP")
+        if not 0 < int(port) <= 65535:
+            raise ValidationError(f"trace port {port} is out of range 1-65535")
+        if (method or path) and proto != "TCP":
+            raise ValidationError("trace --method/--path need protocol TCP (HTTP)")
+        with self.lock:
+            labels = {i.id: tuple(i.labels) for i in self._identities()}
+            labels.update(self.compiled.identity_labels)
+            ends = resolve_ends(str(source), str(destination), int(port), proto, list(self.ctx.endpoints.values()),
+                                list(self.ctx.services), self._ipcache, self.audit_flags(), labels)
+            result = trace(self.live_policy(), ends, proto, method=method, path=path, headers=headers).to_dict()
+        result["text"] = format_trace(result)
+        return result
 
     def expect(self, probes: list[dict[str, Any]]) -> list[bool]:
         """For `connectivity test`: which probes the active policy lets through."""

@@ -106,6 +106,29 @@ def _bpf_policy_get(args: argparse.Namespace) -> TableResult:
                         empty_text="the policy map is empty")
 
 
+RULES_COLUMNS = ["rule", "direction", "action", "peers", "ports", "l7", "packets", "bytes"]
+
+
+def rules_view(frame: Any) -> Any:
+    """`policy rules` in a terminal: a section per policy."""
+    shown = frame.astype(object).where(frame.notna(), None)
+    shown["policy_section"] = [f"policy {p}" for p in shown.policy]
+    return shown[["policy_section"] + RULES_COLUMNS]
+
+
+def _rules(args: argparse.Namespace) -> TableResult:
+    return table_result(args, Lab(args.lab).policy.rules, terminal_view=rules_view, sections="policy_section",
+                        empty_text="no policies")
+
+
+def _trace(args: argparse.Namespace) -> MessageResult:
+    report = Lab(args.lab).policy.trace(args.source, args.destination, args.port, args.protocol,
+                                        method=args.method, path=args.path)
+    data = {k: v for k, v in report.items() if k != "text"}
+    # exit code 0 whatever the verdict: the trace itself worked (a DROPPED answer is not an error)
+    return MessageResult(str(report), data)
+
+
 def register(sub: Any) -> None:
     policy = sub.add_parser("policy", help="CiliumNetworkPolicy and NetworkPolicy")
     psub = policy.add_subparsers(dest="policy_command", metavar="SUBCOMMAND")
@@ -124,9 +147,18 @@ def register(sub: Any) -> None:
     explain = psub.add_parser("explain", help="the compiled policy, entry by entry, with its sources")
     explain.add_argument("--pod")
     explain.add_argument("--direction", choices=["ingress", "egress"])
+    rules = psub.add_parser("rules", help="every rule of the applied policies with its packet/byte counters")
+    trace = psub.add_parser("trace", help="the verdict a connection or HTTP request would get now (sends nothing)")
+    trace.add_argument("--from", dest="source", required=True, metavar="POD|IP")
+    trace.add_argument("--to", dest="destination", required=True, metavar="POD|SERVICE|IP")
+    trace.add_argument("--port", type=int, required=True, metavar="N")
+    trace.add_argument("--protocol", type=str.upper, choices=["TCP", "UDP"], default="TCP")
+    trace.add_argument("--method", metavar="M", help="HTTP method (with --path: judged by the L7 rules)")
+    trace.add_argument("--path", metavar="P", help="HTTP request path, query included")
     for parser, func, add_output_flags in ((apply, _apply, add_table_flags), (get, _get, add_table_flags),
                                            (delete, _delete, add_json_flag), (audit, _audit, add_json_flag),
-                                           (explain, _explain, add_table_flags)):
+                                           (explain, _explain, add_table_flags), (rules, _rules, add_table_flags),
+                                           (trace, _trace, add_json_flag)):
         add_lab_flag(parser)
         add_output_flags(parser)
         parser.set_defaults(func=func)

@@ -89,6 +89,18 @@ def audit_switch(on: bool | str) -> bool:
     raise ValidationError(f"audit mode must be True/False or 'on'/'off', not {on!r}")
 
 
+class TraceReport(dict):  # type: ignore[type-arg]
+    """The JSON of a trace, shown as text in a notebook (``str`` of it is what the CLI prints)."""
+
+    def __str__(self) -> str:
+        return str(self.get("text", ""))
+
+    def _repr_html_(self) -> str:
+        import html
+
+        return f"<pre>{html.escape(str(self))}</pre>"
+
+
 class LabPolicy:
     """Policies of one lab. Obtained as ``lab.policy``.
 
@@ -150,6 +162,42 @@ class LabPolicy:
         frame = PolicyMapFrame(pd.DataFrame(self._client.call("bpf.policy.get"), columns=BPF_POLICY_COLUMNS))
         frame._policy = self
         return frame
+
+    @property
+    def rules(self) -> pd.DataFrame:
+        """One row per rule of every applied policy, with the packets and bytes the live map counted for it.
+
+        Columns: policy ("namespace/name"), rule (its path, "spec.ingress[0]"),
+        direction, action (allow/deny), peers, ports, l7, entries (live map
+        slots), packets, bytes. A rule that matched nothing shows 0.
+
+        Example::
+
+            >>> lab.policy.rules.query("packets == 0")        # dead rules   # doctest: +SKIP
+        """
+        from workbench.policy.rules_view import COLUMNS
+
+        return pd.DataFrame(self._client.call("policy.rules"), columns=COLUMNS)
+
+    def trace(self, source: str, destination: str, port: int, protocol: str = "TCP", *,
+              method: str | None = None, path: str | None = None,
+              headers: dict[str, str] | None = None) -> TraceReport:
+        """The verdict a new connection from ``source`` to ``destination`` would get now (nothing is sent).
+
+        ``source``: a pod or an IP; ``destination``: a pod, a service (each
+        backend is traced; the worst verdict is reported) or an IP (resolved
+        through the ipcache). ``method``/``path`` trace an HTTP request through
+        the L7 rules too. Keys: verdict, drop_reason_desc, the four ``*_by``
+        lists, egress, ingress, l7, backends (docs/policy.md).
+
+        Example::
+
+            >>> lab.policy.trace("xwing", "deathstar", 80, method="POST", path="/v1/request-landing")["verdict"]
+            'DROPPED'
+        """
+        return TraceReport(self._client.call("policy.trace", source=source, destination=destination, port=port,
+                                             protocol=protocol, http_method=method, http_path=path,
+                                             headers=headers))
 
     def _edit(self, op: str, pod: str, direction: str, peer: int | str, protocol: str, port: int,
               end_port: int | None) -> Any:

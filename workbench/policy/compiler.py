@@ -101,6 +101,12 @@ class CompiledPolicy:
     documents: tuple[str, ...] = ()
     l7: dict[EntryKey, tuple[HttpRule, ...]] = field(default_factory=dict)
     cidr_notes: dict[tuple[int, Direction, int], tuple[str, ...]] = field(default_factory=dict)
+    # Where each rule went, for `policy rules` and `policy trace`: (policy key, rule path such as
+    # "spec.ingress[0]") -> the entry keys that rule produced, before deny resolution and slot expansion
+    # (workbench.policy.rules_view maps them onto the live map's slots).
+    rule_keys: dict[tuple[str, str], set[EntryKey]] = field(default_factory=dict)
+    # (ep_id, direction) -> the policies that make it default-deny (the "why" of a POLICY_DENIED drop)
+    enforced_by: dict[tuple[int, Direction], set[str]] = field(default_factory=dict)
 
     def http_rules(self, ep_id: int, direction: Direction, identity: int,
                    port: int) -> tuple[HttpRule, ...] | None:
@@ -164,6 +170,8 @@ def compile_policies(documents: Iterable[PolicyDocument], endpoints: list[Endpoi
     plain: set[EntryKey] = set()
     cidr_notes: dict[tuple[int, Direction, int], set[str]] = defaultdict(set)
     distinct_keys: set[EntryKey] = set()
+    rule_keys: dict[tuple[str, str], set[EntryKey]] = defaultdict(set)
+    enforced_by: dict[tuple[int, Direction], set[str]] = defaultdict(set)
     for doc in documents:
         doc_key = doc.key
         for spec in doc.specs:
@@ -171,7 +179,10 @@ def compile_policies(documents: Iterable[PolicyDocument], endpoints: list[Endpoi
                         if spec.subject.matches(_with_namespace_labels(ep.labels, namespaces))]
             for ep in subjects:
                 enforced.update((ep.id, d) for d in spec.enforce)
+                for d in spec.enforce:
+                    enforced_by[(ep.id, d)].add(doc_key)
             for rule in spec.rules:
+                produced = rule_keys[(doc_key, rule.path)]
                 keys = _rule_keys(rule, resolver)
                 named_here = rule.direction == "ingress" and any(p.name for p in rule.ports)
                 if rule.direction == "egress":
@@ -186,6 +197,7 @@ def compile_policies(documents: Iterable[PolicyDocument], endpoints: list[Endpoi
                         key_of_ep: EntryKey = (ep.id, *key)  # type: ignore[assignment]
                         sources[(key_of_ep, rule.deny)].add(doc_key)
                         distinct_keys.add(key_of_ep)
+                        produced.add(key_of_ep)
                         if rule.deny:
                             continue
                         if rule.http is None:
@@ -213,7 +225,8 @@ def compile_policies(documents: Iterable[PolicyDocument], endpoints: list[Endpoi
         entries=entries, enforced=enforced, cidr_identities=cidr_ids, identity_labels=labels,
         endpoint_names={ep.id: f"{ep.namespace}/{ep.pod}" for ep in endpoints},
         documents=tuple(d.key for d in documents), l7=l7,
-        cidr_notes={k: tuple(sorted(v)) for k, v in cidr_notes.items() if k in selected and v})
+        cidr_notes={k: tuple(sorted(v)) for k, v in cidr_notes.items() if k in selected and v},
+        rule_keys=dict(rule_keys), enforced_by=dict(enforced_by))
 
 
 def _too_many_entries(doc: PolicyDocument, rule: PolicyRule, max_entries: int) -> ValidationError:
