@@ -25,10 +25,11 @@
 #include "lib/policy.h"
 #include "lib/l7.h"
 
-static __always_inline int drop(const struct pkt *p, const struct flow_ctx *fc, __u16 reason)
+/* ``cookie``: the deny entry's cookie when a deny rule decided, else WB_POLICY_COOKIE_NONE. */
+static __always_inline int drop(const struct pkt *p, const struct flow_ctx *fc, __u16 reason, __u32 cookie)
 {
     count_verdict(WB_VERDICT_DROPPED, fc->direction, reason, p->len);
-    emit_event(p, fc, WB_EVENT_DROP, WB_VERDICT_DROPPED, reason, WB_MATCH_NONE, 0, 0);
+    emit_event(p, fc, WB_EVENT_DROP, WB_VERDICT_DROPPED, reason, WB_MATCH_NONE, 0, 0, cookie);
     return TC_ACT_SHOT;
 }
 
@@ -46,7 +47,7 @@ static __always_inline void emit_conn(const struct ct_key *key, const struct ct_
     cfc.src_identity = ct->src_identity;
     cfc.dst_identity = ct->dst_identity;
     cfc.is_reply = 0;
-    emit_event(&orig, &cfc, type, ct->verdict, 0, ct->match_type, ct->proxy_port, ct);
+    emit_event(&orig, &cfc, type, ct->verdict, 0, ct->match_type, ct->proxy_port, ct, WB_POLICY_COOKIE_NONE);
 }
 
 /* The peer's identity: ipcache (LPM) by the peer's address; addresses the
@@ -113,14 +114,14 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
     if (dir == WB_DIR_EGRESS && p.saddr != ep->ipv4) {
         fc.src_identity = ep->identity;
         fc.dst_identity = peer_identity_of(&p, dir);
-        return drop(&p, &fc, WB_DROP_INVALID_SOURCE_IP);
+        return drop(&p, &fc, WB_DROP_INVALID_SOURCE_IP, WB_POLICY_COOKIE_NONE);
     }
 
     __u16 frag_drop = frag_ports(&p);
     if (frag_drop) {
         fc.src_identity = dir == WB_DIR_INGRESS ? peer_identity_of(&p, dir) : ep->identity;
         fc.dst_identity = dir == WB_DIR_INGRESS ? ep->identity : peer_identity_of(&p, dir);
-        return drop(&p, &fc, frag_drop);
+        return drop(&p, &fc, frag_drop, WB_POLICY_COOKIE_NONE);
     }
 
     /* Established connections and replies: no ipcache or policy lookup
@@ -140,7 +141,7 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
             if (l7_drop) {
                 fc.src_identity = ct->src_identity;
                 fc.dst_identity = ct->dst_identity;
-                return drop(&p, &fc, l7_drop);
+                return drop(&p, &fc, l7_drop, WB_POLICY_COOKIE_NONE);
             }
         }
         count_verdict(WB_VERDICT_FORWARDED, dir, 0, p.len);
@@ -193,23 +194,24 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
     if (res.outcome != WB_POLICY_ALLOW) {
         reason = res.outcome == WB_POLICY_DENY_MATCH ? WB_DROP_POLICY_DENY : WB_DROP_POLICY_DENIED;
         if (!(ep->flags & WB_EP_AUDIT)) {
-            emit_event(&p, &fc, WB_EVENT_POLICY_VERDICT, WB_VERDICT_DROPPED, reason, res.match_type, 0, 0);
-            return drop(&p, &fc, reason);
+            emit_event(&p, &fc, WB_EVENT_POLICY_VERDICT, WB_VERDICT_DROPPED, reason, res.match_type, 0, 0,
+                       res.cookie);
+            return drop(&p, &fc, reason, res.cookie);
         }
         /* audit: the packet passes, the would-be reason is reported */
         verdict = WB_VERDICT_AUDIT;
         res.proxy_port = 0;
     }
-    emit_event(&p, &fc, WB_EVENT_POLICY_VERDICT, verdict, reason, res.match_type, res.proxy_port, 0);
+    emit_event(&p, &fc, WB_EVENT_POLICY_VERDICT, verdict, reason, res.match_type, res.proxy_port, 0, res.cookie);
     ct_create(&key, &p, now, fc.src_identity, fc.dst_identity, fc.ep_id, verdict, res.match_type,
               res.proxy_port);
     /* the trace says what happened to the packet: it went on (audit or not) */
     emit_event(&p, &fc, WB_EVENT_TRACE, res.proxy_port ? WB_VERDICT_REDIRECTED : WB_VERDICT_FORWARDED, 0,
-               res.match_type, res.proxy_port, 0);
+               res.match_type, res.proxy_port, 0, WB_POLICY_COOKIE_NONE);
     if (res.proxy_port && dir == WB_DIR_EGRESS) {
         __u16 l7_drop = l7_assign(skb, &p, res.proxy_port);
         if (l7_drop)
-            return drop(&p, &fc, l7_drop);
+            return drop(&p, &fc, l7_drop, WB_POLICY_COOKIE_NONE);
     }
     count_verdict(verdict, dir, reason, p.len);
     return TC_ACT_OK;

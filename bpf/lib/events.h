@@ -26,9 +26,11 @@ struct flow_ctx {
     __u8  is_reply;
 };
 
+/* ``cookie``: the deciding policy entry's cookie (policy-verdict and drop
+ * events a policy decided), else WB_POLICY_COOKIE_NONE. */
 static __always_inline void emit_event(const struct pkt *p, const struct flow_ctx *fc, __u8 type,
                                        __u8 verdict, __u16 reason, __u8 match_type,
-                                       __u16 proxy_port, const struct ct_value *ct)
+                                       __u16 proxy_port, const struct ct_value *ct, __u32 cookie)
 {
     struct flow_event *ev = events.ringbuf_reserve(sizeof(struct flow_event));
     if (!ev) {
@@ -55,6 +57,7 @@ static __always_inline void emit_event(const struct pkt *p, const struct flow_ct
     ev->src_identity = fc->src_identity;
     ev->dst_identity = fc->dst_identity;
     ev->ifindex = fc->ifindex;
+    ev->policy_cookie = cookie;
     ev->sport = bpf_ntohs(p->sport);
     ev->dport = bpf_ntohs(p->dport);
     ev->ep_id = fc->ep_id;
@@ -67,9 +70,8 @@ static __always_inline void emit_event(const struct pkt *p, const struct flow_ct
     ev->is_reply = fc->is_reply;
     ev->verdict = verdict;
     ev->match_type = match_type;
-    ev->pad[0] = 0;
-    ev->pad[1] = 0;
-    ev->pad[2] = 0;
+    /* ring memory is not zeroed: every byte is written */
+    __builtin_memset(ev->pad, 0, sizeof(ev->pad));
     events.ringbuf_submit(ev, 0);
 }
 

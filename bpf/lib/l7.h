@@ -168,10 +168,12 @@ int l7_from_world(struct __sk_buff *skb)
     fc.direction = WB_DIR_INGRESS;
     if (reason) {
         count_verdict(WB_VERDICT_DROPPED, WB_DIR_INGRESS, reason, p.len);
-        emit_event(&p, &fc, WB_EVENT_DROP, WB_VERDICT_DROPPED, reason, WB_MATCH_NONE, 0, 0);
+        emit_event(&p, &fc, WB_EVENT_DROP, WB_VERDICT_DROPPED, reason, WB_MATCH_NONE, 0, 0,
+                   WB_POLICY_COOKIE_NONE);
         return TC_ACT_SHOT;  /* the policy wants the proxy and it is not there: fail closed */
     }
-    emit_event(&p, &fc, WB_EVENT_TRACE, WB_VERDICT_REDIRECTED, 0, WB_MATCH_NONE, proxy_port, 0);
+    emit_event(&p, &fc, WB_EVENT_TRACE, WB_VERDICT_REDIRECTED, 0, WB_MATCH_NONE, proxy_port, 0,
+               WB_POLICY_COOKIE_NONE);
     return TC_ACT_OK;
 }
 

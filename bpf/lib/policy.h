@@ -18,6 +18,7 @@ struct policy_result {
     int    outcome;       /* WB_POLICY_* */
     __u8   match_type;
     __u16  proxy_port;
+    __u32  cookie;        /* policy_value.cookie of the deciding entry; 0 when none decided */
 };
 
 static __always_inline __u8 active_generation(void)
@@ -70,6 +71,11 @@ static __always_inline struct policy_value *policy_decide(__u8 gen, __u8 dir, __
     }
     res->match_type = decided ? decided->match_type : WB_MATCH_NONE;
     res->proxy_port = decided ? decided->proxy_port : 0;
+#ifdef WB_NO_POLICY_COOKIE
+    res->cookie = WB_POLICY_COOKIE_NONE;  /* bench only: the program without attribution */
+#else
+    res->cookie = decided ? decided->cookie : WB_POLICY_COOKIE_NONE;
+#endif
     return decided;
 }
 

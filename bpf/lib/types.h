@@ -85,12 +85,21 @@ struct policy_key {
 #define WB_MATCH_L4_ONLY  3
 #define WB_MATCH_ALL      4
 
+/* policy_value.cookie: which policies produced the entry, as a small index
+ * into the agent's cookie table (workbench/datapath/cookies.py). The table
+ * only grows while the lab lives, so a cookie read from an event after a
+ * policy swap (or by a restarted agent, which reloads the table from the
+ * lab's state directory) still names the policies of the entry that decided.
+ * 0: no policy (nothing matched, or an entry written without names). */
+#define WB_POLICY_COOKIE_NONE 0
+
 struct policy_value {
     __u8  deny;        /* 1: deny entry (deny wins) */
     __u8  match_type;  /* WB_MATCH_*, decided when written */
     __u16 proxy_port;  /* host order; non-zero: L7 redirect */
+    __u32 cookie;      /* WB_POLICY_COOKIE_NONE or an index into the agent's cookie table */
     __u8  flags;       /* WB_POLICY_* */
-    __u8  pad[3];
+    __u8  pad[7];
     __u64 packets;     /* connections judged by this entry: first packets */
     __u64 bytes;
 };
@@ -185,6 +194,7 @@ struct flow_event {
     __u32 src_identity;
     __u32 dst_identity;
     __u32 ifindex;         /* lxc device in the node netns */
+    __u32 policy_cookie;   /* policy-verdict and drop events: policy_value.cookie of the deciding entry */
     __u16 sport;
     __u16 dport;
     __u16 ep_id;
@@ -197,7 +207,7 @@ struct flow_event {
     __u8  is_reply;
     __u8  verdict;         /* WB_VERDICT_* */
     __u8  match_type;      /* WB_MATCH_* (policy-verdict events) */
-    __u8  pad[3];
+    __u8  pad[7];
 };
 
 /* ipv4_frags: the ports of a fragmented datagram, learnt from its first

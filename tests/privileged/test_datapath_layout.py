@@ -50,7 +50,17 @@ def test_mirror_matches_the_c_struct(bcc_types: dict[str, type], name: str) -> N
 def test_a_record_written_in_c_layout_decodes_in_numpy(bcc_types: dict[str, type]) -> None:
     ev = bcc_types["flow_event"]()
     ev.ktime_ns, ev.sport, ev.dport, ev.drop_reason, ev.verdict, ev.match_type = 7, 1234, 80, 133, 2, 3
+    ev.policy_cookie = 0xC0FFEE
     rec = np.frombuffer(bytes(ev), dtype=abi.FLOW_EVENT_DTYPE)[0]
     assert (rec["ktime_ns"], rec["sport"], rec["dport"], rec["drop_reason"]) == (7, 1234, 80, 133)
+    assert rec["policy_cookie"] == 0xC0FFEE
     assert abi.VERDICT_NAMES[int(rec["verdict"])] == "DROPPED"
     assert abi.MATCH_TYPE_NAMES[int(rec["match_type"])] == "L4-Only"
+
+
+def test_a_policy_value_written_in_c_layout_carries_its_cookie(bcc_types: dict[str, type]) -> None:
+    value = bcc_types["policy_value"]()
+    value.deny, value.proxy_port, value.cookie, value.flags, value.packets = 1, 10080, 0x12345678, 1, 9
+    rec = np.frombuffer(bytes(value), dtype=abi.POLICY_VALUE_DTYPE)[0]
+    assert (rec["deny"], rec["proxy_port"], rec["cookie"], rec["flags"], rec["packets"]) == \
+        (1, 10080, 0x12345678, abi.POLICY_SHADOWED, 9)

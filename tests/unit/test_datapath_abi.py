@@ -29,7 +29,7 @@ FAMILIES: dict[str, dict[int, str] | None] = {
     "TCP_": abi.TCP_FLAG_NAMES,
     "POLICY_PREFIX_": None,
 }
-SINGLES = ["EP_AUDIT", "POLICY_SHADOWED", "CT_FIN_ORIG", "CT_FIN_REPLY", "CT_RST", "CT_ENDED"]
+SINGLES = ["EP_AUDIT", "POLICY_SHADOWED", "POLICY_COOKIE_NONE", "CT_FIN_ORIG", "CT_FIN_REPLY", "CT_RST", "CT_ENDED"]
 
 
 def c_codes() -> dict[str, int]:

@@ -91,6 +91,8 @@ class FlowService:
         self.datapath = datapath
         self.context = EnrichmentContext(node_name=node_name)
         self.store = FlowStore(options.capacity, self.context)
+        if datapath is not None:   # policy cookies in events -> the policies' names (flows' *_allowed_by/*_denied_by)
+            self.store.cookie_names = datapath.cookies.rules_of
         self.reader: RingReader | None = None
         self.archiver: ContinuousArchiver | None = None
         self.metrics_port: int | None = None
@@ -171,6 +173,8 @@ class FlowService:
         """The stored flows after ``after`` (a seq), filtered; binary: dtypes cross the socket untouched."""
         frame = self.store.frame(after=after)
         frame.attrs["known_pods"] = self.store.known_pods()
+        if self.datapath is not None:   # a policy filter naming a policy the lab never had is an error
+            frame.attrs["known_policies"] = sorted(self.datapath.cookies.names())
         result = flows(frame, **(filters or {}))
         meta: dict[str, Any] = {"seq": int(frame.attrs["seq"]), "lost_events": self.store.lost_events}
         if self.archiver is not None:   # the dashboard shows a failing archive next to the flows

@@ -22,6 +22,7 @@ from workbench.agent.context import EndpointObserver, LabContext
 from workbench.agent.flows import FlowService
 from workbench.agent.l7.service import L7Service
 from workbench.agent.policy import PolicyService
+from workbench.datapath.cookies import COOKIE_FILE
 from workbench.datapath.loader import Datapath
 from workbench.lab.model import Endpoint
 from workbench.node import topology
@@ -40,7 +41,7 @@ class Services:
     def start(cls, ctx: LabContext) -> Services:
         """Compile the datapath and start every service (the node netns must exist)."""
         node = topology.node_netns(ctx.lab)
-        datapath = Datapath(ctx.lab, node)
+        datapath = Datapath(ctx.lab, node, cookie_file=ctx.dir / COOKIE_FILE)
         policy = PolicyService(ctx, datapath)
         flows = FlowService(node, ctx, ctx.observe, datapath)
         l7 = L7Service(ctx, datapath, policy, flows)

@@ -30,7 +30,7 @@ FILTER_FLAGS = {
     "ip": "ip", "from_ip": "from_ip", "to_ip": "to_ip", "port": "port", "from_port": "from_port",
     "to_port": "to_port", "protocol": "protocol", "traffic_direction": "traffic_direction",
     "http_method": "http_method", "http_path": "http_path", "http_status": "http_status",
-    "since": "since", "until": "until",
+    "policy": "policy", "since": "since", "until": "until",
 }
 
 
@@ -166,6 +166,8 @@ def _add_filters(parser: argparse.ArgumentParser) -> None:
     add("--http-method", action="append", metavar="M")
     add("--http-path", action="append", metavar="REGEX")
     add("--http-status", action="append", metavar="CODE", help='e.g. 403 or "5+"')
+    add("--policy", action="append", metavar="[NS/]NAME",
+        help="flows this policy allowed or denied (its name in *_allowed_by / *_denied_by)")
     add("--since", metavar="T", help='a time or a duration ago: "5m", "2026-11-26T06:40:00Z"')
     add("--until", metavar="T")
     add("--input-file", metavar="F.parquet", help="read flows from an archive instead of the lab")

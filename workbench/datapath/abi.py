@@ -189,6 +189,9 @@ POLICY_PREFIX_IDENTITY = 64
 POLICY_PREFIX_PROTO = 80
 POLICY_PREFIX_FULL = 96
 POLICY_SHADOWED = 1 << 0  # policy_value.flags: an allow stored as deny under a covering deny
+# policy_value.cookie / flow_event.policy_cookie: which policies produced the deciding entry, an index
+# into the agent's cookie table (workbench/datapath/cookies.py); 0 = none (nothing matched).
+POLICY_COOKIE_NONE = 0
 
 # ---- conntrack (ct_value.flags, WB_CT_*) ---------------------------------------------------------
 CT_FIN_ORIG = 1 << 0
@@ -208,12 +211,12 @@ FLOW_EVENT_DTYPE = _dtype([
     ("ktime_ns", "<u8", 0), ("packets", "<u8", 8), ("bytes", "<u8", 16),
     ("reply_packets", "<u8", 24), ("reply_bytes", "<u8", 32),
     ("saddr", "<u4", 40), ("daddr", "<u4", 44), ("src_identity", "<u4", 48),
-    ("dst_identity", "<u4", 52), ("ifindex", "<u4", 56),
-    ("sport", "<u2", 60), ("dport", "<u2", 62), ("ep_id", "<u2", 64), ("proxy_port", "<u2", 66),
-    ("drop_reason", "<u2", 68), ("proto", "u1", 70), ("tcp_flags", "u1", 71),
-    ("event_type", "u1", 72), ("direction", "u1", 73), ("is_reply", "u1", 74),
-    ("verdict", "u1", 75), ("match_type", "u1", 76),
-], 80)
+    ("dst_identity", "<u4", 52), ("ifindex", "<u4", 56), ("policy_cookie", "<u4", 60),
+    ("sport", "<u2", 64), ("dport", "<u2", 66), ("ep_id", "<u2", 68), ("proxy_port", "<u2", 70),
+    ("drop_reason", "<u2", 72), ("proto", "u1", 74), ("tcp_flags", "u1", 75),
+    ("event_type", "u1", 76), ("direction", "u1", 77), ("is_reply", "u1", 78),
+    ("verdict", "u1", 79), ("match_type", "u1", 80),
+], 88)
 
 # struct policy_key / policy_value.
 POLICY_KEY_DTYPE = _dtype([
@@ -221,9 +224,9 @@ POLICY_KEY_DTYPE = _dtype([
     ("identity", "<u4", 8), ("proto", "u1", 12), ("pad", "u1", 13), ("dport", ">u2", 14),
 ], 16)
 POLICY_VALUE_DTYPE = _dtype([
-    ("deny", "u1", 0), ("match_type", "u1", 1), ("proxy_port", "<u2", 2), ("flags", "u1", 4),
-    ("packets", "<u8", 8), ("bytes", "<u8", 16),
-], 24)
+    ("deny", "u1", 0), ("match_type", "u1", 1), ("proxy_port", "<u2", 2), ("cookie", "<u4", 4),
+    ("flags", "u1", 8), ("packets", "<u8", 16), ("bytes", "<u8", 24),
+], 32)
 
 # struct ct_key / ct_value.
 CT_KEY_DTYPE = _dtype([

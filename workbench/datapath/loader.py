@@ -24,6 +24,7 @@ from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
 from workbench.datapath import abi, build
+from workbench.datapath.cookies import PolicyCookies
 from workbench.datapath.policymap import PolicyMapWriter
 from workbench.errors import NotFoundError
 from workbench.lab.model import Endpoint
@@ -52,10 +53,13 @@ class Datapath:
     generations together), ``enforce_max``, ``ct_max``, and any ``cflags``
     (e.g. ``-DCT_REPORT_INTERVAL_NS=1000000000``). A map that is already pinned
     keeps its size; :attr:`PolicyMapWriter.capacity` reports the real one.
+    ``cookie_file``: where the policy cookie table is kept (the agent passes the
+    lab's state directory, so a restarted agent reads the cookies already in the
+    map; workbench/datapath/cookies.py); None keeps it in memory.
     """
 
     def __init__(self, lab: str, node_netns: str, *, policy_max: int = 65536, enforce_max: int = 16384,
-                 ct_max: int = 65536, cflags: list[str] | None = None) -> None:
+                 ct_max: int = 65536, cflags: list[str] | None = None, cookie_file: Path | None = None) -> None:
         from bcc import BPF
 
         self.lab = lab
@@ -65,6 +69,7 @@ class Datapath:
         self.bpf = build.compile_inlined(ENTRY_FILE, lab, flags)
         self._programs = {name: self.bpf.load_func(name, BPF.SCHED_CLS) for name, _ in PROGRAMS}
         self._writer: PolicyMapWriter | None = None
+        self.cookies = PolicyCookies(cookie_file)
 
     # -- attaching -------------------------------------------------------------------------
     def _write_endpoint(self, ep: Endpoint, ifindex: int) -> None:
@@ -173,7 +178,7 @@ class Datapath:
         if self._writer is None:
             self._writer = PolicyMapWriter(
                 self.bpf, map_max_entries(self.bpf[b"policy"].map_fd),
-                map_max_entries(self.bpf[b"policy_enforce"].map_fd), self.lab)
+                map_max_entries(self.bpf[b"policy_enforce"].map_fd), self.lab, self.cookies)
         return self._writer
 
     # -- observing -------------------------------------------------------------------------

@@ -27,6 +27,7 @@ from typing import Any, TypeVar
 import pandas as pd
 
 from workbench.datapath import abi
+from workbench.datapath.cookies import PolicyCookies
 from workbench.errors import ValidationError
 from workbench.lab.model import Direction, PolicyEntry
 
@@ -63,6 +64,40 @@ class Slot:
     def last_port(self) -> int:
         """The block's last port (0 for any protocol)."""
         return self.port + (1 << (PORT_BITS - self.port_prefix)) - 1 if self.protocol else 0
+
+    def covers(self, other: Slot) -> bool:
+        """True when every packet ``other`` matches is matched by this slot too (same endpoint, direction, peer)."""
+        if (self.ep_id, self.direction, self.identity) != (other.ep_id, other.direction, other.identity):
+            return False
+        if self.protocol == abi.PROTO_ANY:
+            return True
+        return self.protocol == other.protocol and self.port_prefix <= other.port_prefix and \
+            self.port <= other.port and other.last_port <= self.last_port
+
+
+def attribution(slots: dict[Slot, PolicyEntry]) -> dict[Slot, tuple[str, ...]]:
+    """The policies a verdict decided by each slot is attributed to (what its cookie names).
+
+    An entry's own ``rules``, except for a shadowed entry: it stands for an allow
+    but decides as a deny, so it names the denies that cover it (the policies
+    that really drop the packet).
+
+    Example::
+
+        >>> deny = PolicyEntry(1, "ingress", 300, 0, 0, 0, deny=True, rules=("default/no-300",))
+        >>> shadowed = PolicyEntry(1, "ingress", 300, 6, 80, 16, deny=True, shadowed=True, rules=("default/web",))
+        >>> attribution(check_slots([deny, shadowed]))[Slot.of(shadowed)]
+        ('default/no-300',)
+    """
+    out: dict[Slot, tuple[str, ...]] = {}
+    denies = [(slot, e) for slot, e in slots.items() if e.deny and not e.shadowed]
+    for slot, entry in slots.items():
+        if entry.shadowed:
+            covering = {name for deny_slot, deny in denies if deny_slot.covers(slot) for name in deny.rules}
+            out[slot] = tuple(sorted(covering)) or entry.rules
+        else:
+            out[slot] = entry.rules
+    return out
 
 
 def check_slots(entries: Iterable[PolicyEntry]) -> dict[Slot, PolicyEntry]:
@@ -120,8 +155,11 @@ class PolicyMapWriter:
         >>> w.entries()[["ep_id", "identity", "port", "action", "packets"]]  # doctest: +SKIP
     """
 
-    def __init__(self, bpf: Any, capacity: int, enforce_capacity: int, lab: str) -> None:
+    def __init__(self, bpf: Any, capacity: int, enforce_capacity: int, lab: str,
+                 cookies: PolicyCookies | None = None) -> None:
         self._bpf = bpf
+        #: rule sets <-> the cookies written into policy_value.cookie (workbench/datapath/cookies.py)
+        self.cookies = cookies if cookies is not None else PolicyCookies()
         self._policy = bpf[b"policy"]
         self._state = bpf[b"policy_state"]
         self._enforce = bpf[b"policy_enforce"]
@@ -172,7 +210,7 @@ class PolicyMapWriter:
     def current(self) -> list[PolicyEntry]:
         """The active policy map as PolicyEntry objects, one per key, as written (apply() recreates it)."""
         return [PolicyEntry(slot.ep_id, slot.direction, slot.identity, slot.protocol, slot.port, slot.port_prefix,
-                            deny=bool(v.deny), proxy_port=int(v.proxy_port), rules=self._rules.get(slot, ()),
+                            deny=bool(v.deny), proxy_port=int(v.proxy_port), rules=self._rules_of(slot, v),
                             shadowed=bool(v.flags & abi.POLICY_SHADOWED))
                 for slot, (_, v) in self._read(self.active_generation()).items()]
 
@@ -194,9 +232,14 @@ class PolicyMapWriter:
                 "action": "deny" if v.deny else "allow", "shadowed": bool(v.flags & abi.POLICY_SHADOWED),
                 "match_type": abi.MATCH_TYPE_NAMES.get(int(v.match_type), str(v.match_type)),
                 "proxy_port": int(v.proxy_port), "packets": int(v.packets), "bytes": int(v.bytes),
-                "rules": list(self._rules.get(slot, ())),
+                "rules": list(self._rules_of(slot, v)),
             })
         return pd.DataFrame(rows, columns=ENTRY_COLUMNS)
+
+    def _rules_of(self, slot: Slot, value: Any) -> tuple[str, ...]:
+        """The entry's rules as written by this writer, else (a restarted agent) what its cookie names."""
+        rules = self._rules.get(slot)
+        return rules if rules is not None else self.cookies.rules_of(int(value.cookie))
 
     # -- writing ---------------------------------------------------------------------------
     def _key(self, generation: int, slot: Slot) -> Any:
@@ -265,11 +308,14 @@ class PolicyMapWriter:
             self._delete_keys(by_generation.get(target, {}).values())
         self._delete_enforce(target)
         self._refuse_if_too_big(len(slots), len(current), len(enforced))
+        named = attribution(slots)
+        cookies = dict(zip(slots, self.cookies.cookies(named[s] for s in slots), strict=True))
         written: list[Any] = []
         try:
             for slot, entry in slots.items():
                 leaf = self._policy.Leaf()
                 leaf.deny = int(entry.deny)
+                leaf.cookie = cookies[slot]
                 leaf.match_type = abi.MATCH_TYPES[entry.match_type]
                 leaf.proxy_port = entry.proxy_port
                 leaf.flags = abi.POLICY_SHADOWED if entry.shadowed else 0

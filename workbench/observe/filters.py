@@ -27,7 +27,7 @@ FILTERS = [
     "from_label", "to_label", "label", "from_identity", "to_identity", "identity",
     "from_ip", "to_ip", "ip", "from_port", "to_port", "port", "protocol",
     "from_service", "to_service", "service",
-    "http_method", "http_path", "http_status", "since", "until", "last",
+    "http_method", "http_path", "http_status", "policy", "since", "until", "last",
 ]
 
 
@@ -158,6 +158,58 @@ def _as_list_array(column: pd.Series) -> pa.Array:
     return arr.combine_chunks() if isinstance(arr, pa.ChunkedArray) else arr
 
 
+def _policy_names(frame: pd.DataFrame) -> set[str]:
+    """The policy keys named in the frame's four attribution columns."""
+    names: set[str] = set()
+    for column in schema.POLICY_COLUMNS:
+        if len(frame):
+            names.update(str(v) for v in pc.unique(pc.list_flatten(_as_list_array(frame[column]))).to_pylist())
+    return names
+
+
+def resolve_policy(value: str, known: set[str]) -> str:
+    """"namespace/name" as it is; a bare "name" -> the one known key it names (a clusterwide policy's
+    key is its bare name; else the namespaced key ending in "/name").
+
+    Example::
+
+        >>> resolve_policy("rule1", {"default/rule1", "default/other"})
+        'default/rule1'
+    """
+    text = str(value).strip()
+    if not text:
+        raise ValidationError("policy: empty name", hint='give "name" or "namespace/name"')
+    if "/" in text or text in known:
+        return text
+    matches = sorted(k for k in known if k.rpartition("/")[2] == text)
+    if len(matches) > 1:
+        raise ValidationError(f"policy {text!r} is ambiguous: {', '.join(matches)}",
+                              hint="give it as namespace/name")
+    return matches[0] if matches else text
+
+
+def _policy_mask(frame: pd.DataFrame, values: list[str], known: set[str] | None) -> np.ndarray:
+    """Flows one of the policies decided: any of the four attribution lists names it."""
+    candidates = _policy_names(frame) | (known or set())
+    wanted = {resolve_policy(v, candidates) for v in values}
+    if known is not None:
+        unknown = sorted(wanted - candidates)
+        if unknown:
+            raise ValidationError(f"unknown policy {unknown[0]!r}",
+                                  hint=f"policies: {', '.join(sorted(candidates)) or 'none applied'}")
+    mask = np.zeros(len(frame), bool)
+    if not len(frame):
+        return mask
+    lookup = pa.array(sorted(wanted), pa.string())
+    for column in schema.POLICY_COLUMNS:
+        lists = _as_list_array(frame[column])
+        hit = pc.is_in(pc.list_flatten(lists), value_set=lookup).to_numpy(zero_copy_only=False)
+        if hit.any():
+            parents = pc.list_parent_indices(lists).to_numpy()
+            mask |= np.bincount(parents[hit], minlength=len(frame)) > 0
+    return mask
+
+
 def _ip_mask(series: pd.Series, values: list[str]) -> np.ndarray:
     mask = np.zeros(len(series), bool)
     addresses = _distinct(series)
@@ -209,7 +261,9 @@ def flows(source: pd.DataFrame | FlowSource, **filters: Any) -> pd.DataFrame:
     "k8s:k=v", "k=v,k2=v2"), from_identity/to_identity/identity,
     from_ip/to_ip/ip (address or CIDR), from_port/to_port/port, protocol,
     from_service/to_service/service, http_method, http_path (regex),
-    http_status (403 or "4+"), since/until (time or "5m"), last (N newest).
+    http_status (403 or "4+"), policy ("namespace/name", or "name" when one
+    policy has it: the flows whose ``*_allowed_by``/``*_denied_by`` name it),
+    since/until (time or "5m"), last (N newest).
 
     Example::
 
@@ -303,6 +357,10 @@ def flows(source: pd.DataFrame | FlowSource, **filters: Any) -> pd.DataFrame:
             mask &= hit
         elif name == "http_status":
             mask &= _status_mask(frame.http_code, _values(value))
+        elif name == "policy":
+            known = frame.attrs.get("known_policies")
+            mask &= _policy_mask(frame, [str(v) for v in _values(value)],
+                                 None if known is None else set(known))
         elif name == "since":
             mask &= (frame.time >= parse_time(value, "since")).to_numpy(bool)
         elif name == "until":

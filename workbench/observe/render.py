@@ -46,7 +46,8 @@ def compact_line(row: Any) -> str:
     """One flow in Hubble's compact style.
 
     ``Nov 26 06:40:01.123: default/xwing:41234 (ID:258) -> default/deathstar-6c94dcc57b-6chpk:80
-    (ID:257) policy-verdict:none INGRESS DENIED (TCP Flags: SYN)``
+    (ID:257) policy-verdict:none INGRESS DENIED (TCP Flags: SYN)``; a flow a policy decided ends
+    with ``(allowed by default/rule1)`` or ``(denied by default/no-xwing)``.
     """
     stamp = row.time.strftime("%b %d %H:%M:%S.") + f"{row.time.microsecond // 1000:03d}"
     event, verdict = str(row.event_type), str(row.verdict)
@@ -62,7 +63,25 @@ def compact_line(row: Any) -> str:
         what = f"{point} {verdict}"
     arrow = "<-" if row.is_reply is True else "->"
     return (f"{stamp}: {_endpoint(row, 'src')} {_identity(row, 'src')} {arrow} "
-            f"{_endpoint(row, 'dst')} {_identity(row, 'dst')} {what} ({row.summary})")
+            f"{_endpoint(row, 'dst')} {_identity(row, 'dst')} {what} ({row.summary}){_attribution(row)}")
+
+
+def _listed(value: Any) -> list[Any]:
+    """A list cell (Arrow list, numpy array, list) as a list; missing -> []."""
+    if value is None or (isinstance(value, float) and value != value):
+        return []
+    return list(value)
+
+
+def _attribution(row: Any) -> str:
+    """" (allowed by default/rule1)" / " (denied by default/no-world)" from the four policy columns, or ""."""
+    parts = []
+    for word, columns in (("allowed", ("ingress_allowed_by", "egress_allowed_by")),
+                          ("denied", ("ingress_denied_by", "egress_denied_by"))):
+        names = [str(n) for c in columns for n in _listed(getattr(row, c, None))]
+        if names:
+            parts.append(f" ({word} by {', '.join(dict.fromkeys(names))})")
+    return "".join(parts)
 
 
 def lost_line(frame: pd.DataFrame) -> str | None:

@@ -16,6 +16,10 @@ Dtype choices and why:
   which is what lets a million-row frame materialise quickly.
 - Labels are lists of Cilium label strings ("k8s:class=deathstar") in a
   pyarrow list column; they survive parquet unchanged.
+- Policy attribution (Hubble's ``ingress_allowed_by``, ``egress_allowed_by``,
+  ``ingress_denied_by``, ``egress_denied_by``) are list columns of the same
+  type, holding "namespace/name" keys ("name" for a clusterwide policy); an
+  empty list, never missing, when no policy is named.
 - Values that can be absent are missing (NaN/<NA>), never sentinel numbers:
   http_code and l7_latency_ns are nullable ints, is_reply is a nullable bool.
 """
@@ -81,6 +85,10 @@ FLOW_DTYPES: dict[str, Any] = {
     "src_service": DYNAMIC_CATEGORY,
     "dst_service": DYNAMIC_CATEGORY,
     "policy_match_type": _fixed(MATCH_TYPES),
+    "ingress_allowed_by": LABELS_DTYPE,
+    "egress_allowed_by": LABELS_DTYPE,
+    "ingress_denied_by": LABELS_DTYPE,
+    "egress_denied_by": LABELS_DTYPE,
     "http_method": _fixed(HTTP_METHODS),
     "http_url": pd.StringDtype(na_value=np.nan),
     "http_code": pd.Int16Dtype(),
@@ -101,6 +109,9 @@ def is_dynamic(dtype: Any) -> bool:
 
 DYNAMIC_CATEGORICALS = [name for name, dt in FLOW_DTYPES.items() if is_dynamic(dt)]
 LABEL_COLUMNS = ["src_labels", "dst_labels"]
+# Hubble's policy attribution: (direction, allowed?) -> column.
+POLICY_COLUMNS = ["ingress_allowed_by", "egress_allowed_by", "ingress_denied_by", "egress_denied_by"]
+LIST_COLUMNS = LABEL_COLUMNS + POLICY_COLUMNS
 
 
 def dynamic_categorical(values: Any) -> pd.Categorical:
@@ -250,7 +261,7 @@ def flows_to_arrow(frame: pd.DataFrame) -> pa.Table:
     if b"pandas" in metadata:
         pandas_meta = json.loads(metadata[b"pandas"])
         for column in pandas_meta["columns"]:
-            if column["name"] in LABEL_COLUMNS:
+            if column["name"] in LIST_COLUMNS:
                 column["numpy_type"] = "object"
         metadata[b"pandas"] = json.dumps(pandas_meta).encode()
     return table.cast(pa.schema(fields, metadata=metadata))

@@ -8,6 +8,12 @@ stores small integer codes (interned strings, category indices), so appending
 a batch copies a few bytes per event and a DataFrame is built only when
 someone asks for one.
 
+Policy attribution: a policy-verdict or drop event carries the cookie of the
+policy-map entry that decided it; ``cookie_names`` (the agent hands in its
+cookie table's ``rules_of``) turns it into the policies' keys, interned like
+label sets, and :func:`build_frame` puts them in Hubble's four columns by the
+event's direction and whether a deny rule decided (drop reason POLICY_DENY).
+
 Lost events are never silent: the datapath's own counter (ring buffer full)
 and the reader's count (e.g. a short read) add up in ``lost_events``, which is
 in every frame's ``attrs`` and in the metrics.
@@ -40,7 +46,7 @@ RING_COLUMNS: dict[str, str] = {
     "src_labels": "i4", "dst_labels": "i4", "src_pod": "i4", "dst_pod": "i4", "src_ns": "i4",
     "dst_ns": "i4", "src_svc": "i4", "dst_svc": "i4", "match_type": "i1", "http_method": "i1",
     "http_url": "i4", "http_code": "i2", "l7_latency_ns": "i8", "bytes": "i8", "node": "i4",
-    "summary": "i4",
+    "summary": "i4", "policies": "i4",   # label-set code of the deciding entry's policies; -1 none
 }
 Batch = dict[str, np.ndarray]
 
@@ -65,6 +71,13 @@ for _code, _name in schema.DROP_REASONS.items():
 _DROP_DESC[0] = -1
 _TCP = schema.PROTOCOLS.index(abi.PROTOCOL_NAMES[abi.IPPROTO_TCP])
 _POLICY_VERDICT = schema.EVENT_TYPES.index(abi.FLOW_EVENT_TYPE_NAMES[abi.EVENT_POLICY_VERDICT])
+_INGRESS = schema.DIRECTIONS.index(abi.DIRECTION_NAMES[abi.DIR_INGRESS])
+_EGRESS = schema.DIRECTIONS.index(abi.DIRECTION_NAMES[abi.DIR_EGRESS])
+
+
+def no_cookie_names(cookie: int) -> tuple[str, ...]:
+    """The default cookie resolver: without the agent's cookie table no policy is named."""
+    return ()
 
 
 class StringTable:
@@ -116,6 +129,8 @@ class FlowStore:
         self._svc_cache: tuple[int, np.ndarray] | None = None
         self._ident_table: tuple[int, np.ndarray, np.ndarray] | None = None
         self._seen_pods: set[str] = set()
+        #: policy cookie -> the policies' keys ("namespace/name"); the agent sets its cookie table's rules_of
+        self.cookie_names: Callable[[int], tuple[str, ...]] = no_cookie_names
         self.set_clock(clock)
         self._listeners: list[Callable[[Batch], None]] = []
 
@@ -173,8 +188,12 @@ class FlowStore:
                http_url: str, http_code: int | None = None, l7_latency_ns: int | None = None,
                verdict: str = "FORWARDED", traffic_direction: str = "INGRESS", is_reply: bool = False,
                src_identity: int = 0, dst_identity: int = 0, time_ns: int | None = None,
-               bytes: int = 0, summary: str | None = None) -> None:
+               bytes: int = 0, summary: str | None = None, drop_reason: int = 0,
+               policies: tuple[str, ...] = ()) -> None:
         """One L7 (HTTP) flow from the proxy; enriched like datapath events.
+
+        ``policies``: the policies whose HTTP rules allowed it (``*_allowed_by`` of
+        ``traffic_direction``); a denied request names none and has ``drop_reason`` 133.
 
         Example::
 
@@ -207,7 +226,7 @@ class FlowStore:
             batch = self._enrich_common(base)
             batch.update({
                 "verdict": np.array([schema.VERDICTS.index(verdict)], np.int8),
-                "drop_reason": np.zeros(1, np.uint16),
+                "drop_reason": np.array([drop_reason], np.uint16),
                 "event_type": np.array([schema.EVENT_TYPES.index("l7")], np.int8),
                 "direction": np.array([schema.DIRECTIONS.index(traffic_direction)], np.int8),
                 "is_reply": np.array([int(is_reply)], np.int8),
@@ -221,6 +240,7 @@ class FlowStore:
                 "l7_latency_ns": np.array([-1 if l7_latency_ns is None else l7_latency_ns], np.int64),
                 "bytes": np.array([bytes], np.int64),
                 "summary": np.array([self.names.code(("summary", summary))], np.int32),
+                "policies": np.array([self.policy_code(policies)], np.int32),
             })
             self._append(batch)
 
@@ -265,8 +285,21 @@ class FlowStore:
             "l7_latency_ns": np.full(n, -1, np.int64),
             "bytes": (e["bytes"] + np.where(is_conn, e["reply_bytes"], 0)).astype(np.int64),
             "summary": conn_summary,  # -1: derived from protocol and flags when read
+            "policies": self._policy_codes(e["policy_cookie"]),
         })
         return batch
+
+    def policy_code(self, policies: tuple[str, ...]) -> int:
+        """The ring code of a set of policy keys (-1: none). Caller holds the lock."""
+        return self.label_sets.code(tuple(policies)) if policies else -1
+
+    def _policy_codes(self, cookies: np.ndarray) -> np.ndarray:
+        """Cookies -> ring codes of their policies, resolving each distinct cookie once."""
+        if not cookies.any():
+            return np.full(len(cookies), -1, np.int32)
+        distinct, inverse = np.unique(cookies, return_inverse=True)
+        codes = np.array([self.policy_code(self.cookie_names(int(c))) if c else -1 for c in distinct], np.int32)
+        return codes[inverse.reshape(-1)]
 
     def _summary_code(self, text: str) -> int:
         return self.names.code(("summary", text))
@@ -440,16 +473,20 @@ def _small_categorical(codes: np.ndarray, table: list[str]) -> pd.Categorical:
 
 
 def _labels_column(codes: np.ndarray, label_sets: pa.Array) -> Any:
-    """Label-set codes -> list<string> column, built from offsets and one dictionary decode.
+    """Label-set codes (-1: an empty list) -> list<string> column, built from offsets and one dictionary decode.
 
     Cheaper than ``ListArray.take``: only the flat string values are copied.
     """
     if len(codes) == 0:
         return pd.array([], dtype=schema.LABELS_DTYPE)
+    present = codes >= 0
+    if not present.any():   # e.g. a policy column of flows no policy decided: empty lists, no decode
+        empty = pa.ListArray.from_arrays(pa.array(np.zeros(len(codes) + 1, np.int32)), pa.array([], pa.string()))
+        return pd.array(empty, dtype=schema.LABELS_DTYPE)
     set_offsets = label_sets.offsets.to_numpy().astype(np.int64)
     sizes = np.diff(set_offsets)
-    codes = codes.astype(np.int64)
-    row_sizes = sizes[codes]
+    codes = np.where(present, codes, 0).astype(np.int64)
+    row_sizes = np.where(present, sizes[codes], 0)
     offsets = np.zeros(len(codes) + 1, np.int32)
     np.cumsum(row_sizes, out=offsets[1:])
     # For each flat element: its set's first value + its position inside the row.
@@ -464,6 +501,18 @@ def _int_to_ip(value: int) -> str:
 
 def _fixed(codes: np.ndarray, column: str) -> pd.Categorical:
     return pd.Categorical.from_codes(codes.astype(np.int64), dtype=schema.FLOW_DTYPES[column])
+
+
+def _policy_columns(rows: Batch, label_array: pa.Array) -> dict[str, Any]:
+    """Hubble's four attribution columns: the deciding entry's policies, in the one column its
+    direction and kind (a deny rule decided: drop reason POLICY_DENY, also as AUDIT) select."""
+    codes, direction = rows["policies"], rows["direction"]
+    denied = rows["drop_reason"] == abi.DROP_POLICY_DENY
+    out = {}
+    for column, side, deny in (("ingress_allowed_by", _INGRESS, False), ("egress_allowed_by", _EGRESS, False),
+                               ("ingress_denied_by", _INGRESS, True), ("egress_denied_by", _EGRESS, True)):
+        out[column] = _labels_column(np.where((direction == side) & (denied == deny), codes, -1), label_array)
+    return out
 
 
 def build_frame(rows: Batch, names: list[Any], label_array: pa.Array) -> pd.DataFrame:
@@ -519,6 +568,7 @@ def build_frame(rows: Batch, names: list[Any], label_array: pa.Array) -> pd.Data
         "src_service": _small_categorical(rows["src_svc"], table),
         "dst_service": _small_categorical(rows["dst_svc"], table),
         "policy_match_type": _fixed(rows["match_type"], "policy_match_type"),
+        **_policy_columns(rows, label_array),
         "http_method": _fixed(rows["http_method"], "http_method"),
         "http_url": url_array(),
         "http_code": pd.arrays.IntegerArray(rows["http_code"].astype(np.int16), rows["http_code"] < 0),

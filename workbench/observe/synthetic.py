@@ -45,7 +45,7 @@ def events(rows: Sequence[dict[str, Any]]) -> np.ndarray:
     Keys: src/dst (IP strings), sport/dport, type ("trace", "drop",
     "policy-verdict", "conn-stats", "conn-end"), verdict (name), drop_reason,
     direction ("INGRESS"/"EGRESS"), proto (number), tcp_flags, match_type
-    (number), is_reply, bytes, reply_bytes, src_identity, dst_identity, ktime_ns.
+    (number), is_reply, bytes, reply_bytes, src_identity, dst_identity, ktime_ns, policy_cookie.
     """
     types = {name: code for code, name in abi.EVENT_TYPE_NAMES.items()}
     directions = {name: code for code, name in abi.DIRECTION_NAMES.items()}
@@ -70,6 +70,7 @@ def events(rows: Sequence[dict[str, Any]]) -> np.ndarray:
         rec["reply_bytes"] = row.get("reply_bytes", 0)
         rec["src_identity"] = row.get("src_identity", 0)
         rec["dst_identity"] = row.get("dst_identity", 0)
+        rec["policy_cookie"] = row.get("policy_cookie", abi.POLICY_COOKIE_NONE)
     return out
 
 

@@ -2,8 +2,10 @@
 
 An allowed request gives two rows, as Hubble shows them: the request
 (client -> server, no code) and the response (server -> client, is_reply,
-code and latency). A denied request gives one DROPPED row with code 403; a
-malformed one an ERROR row with code 400 and no method.
+code and latency); both name the policies whose HTTP rules allowed it in
+``*_allowed_by`` of the decision's direction. A denied request gives one
+DROPPED row with code 403 and drop reason 133 (POLICY_DENIED: no rule allows
+it), naming no policy; a malformed one an ERROR row with code 400 and no method.
 
 Rows are appended in batches by :class:`FlowRecorder`'s thread, off the
 request path: one enrichment per batch instead of one per row (a single
@@ -22,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from workbench.agent.l7.proxy import Exchange
+from workbench.datapath import abi
 from workbench.observe import schema
 from workbench.observe.enrich import ip_to_int
 
@@ -42,6 +45,8 @@ class _Row:
     latency_ns: int | None
     bytes: int
     summary: str
+    drop_reason: int = 0
+    policies: tuple[str, ...] = ()
 
 
 def exchange_rows(ex: Exchange, now: int | None = None) -> list[_Row]:
@@ -53,15 +58,19 @@ def exchange_rows(ex: Exchange, now: int | None = None) -> list[_Row]:
     method = ex.method if ex.method in schema.HTTP_METHODS else ""
     if ex.verdict == "FORWARDED":
         latency = "" if ex.latency_ns is None else f" {ex.latency_ns / 1e6:.0f}ms"
+        policies = d.policies if d else ()
         return [
             _Row(now - (ex.latency_ns or 0), ex.client, ex.server, src_id, dst_id, "FORWARDED", direction, False,
-                 method, ex.url, None, None, ex.request_bytes, f"HTTP/1.1 {method} {ex.url}"),
+                 method, ex.url, None, None, ex.request_bytes, f"HTTP/1.1 {method} {ex.url}", policies=policies),
             _Row(now, ex.server, ex.client, dst_id, src_id, "FORWARDED", direction, True, method, ex.url,
-                 ex.code, ex.latency_ns, ex.response_bytes, f"HTTP/1.1 {ex.code}{latency} ({method} {ex.url})"),
+                 ex.code, ex.latency_ns, ex.response_bytes, f"HTTP/1.1 {ex.code}{latency} ({method} {ex.url})",
+                 policies=policies),
         ]
     summary = f"HTTP/1.1 {ex.code} ({method} {ex.url})" if method else f"HTTP {ex.code} malformed request"
+    # a denied request: no HTTP rule allows it, Cilium's POLICY_DENIED (no policy to name)
+    reason = abi.DROP_POLICY_DENIED if ex.verdict == "DROPPED" else 0
     return [_Row(now, ex.client, ex.server, src_id, dst_id, ex.verdict, direction, False, method, ex.url,
-                 ex.code, None, 0, summary)]
+                 ex.code, None, 0, summary, drop_reason=reason)]
 
 
 def append_rows(store: Any, rows: list[_Row]) -> None:
@@ -82,7 +91,7 @@ def append_rows(store: Any, rows: list[_Row]) -> None:
         batch = store._enrich_common(base)
         batch.update({
             "verdict": np.array([schema.VERDICTS.index(r.verdict) for r in rows], np.int8),
-            "drop_reason": np.zeros(n, np.uint16),
+            "drop_reason": np.array([r.drop_reason for r in rows], np.uint16),
             "event_type": np.full(n, schema.EVENT_TYPES.index("l7"), np.int8),
             "direction": np.array([schema.DIRECTIONS.index(r.direction) for r in rows], np.int8),
             "is_reply": np.array([int(r.is_reply) for r in rows], np.int8),
@@ -97,6 +106,7 @@ def append_rows(store: Any, rows: list[_Row]) -> None:
             "l7_latency_ns": np.array([-1 if r.latency_ns is None else r.latency_ns for r in rows], np.int64),
             "bytes": np.array([r.bytes for r in rows], np.int64),
             "summary": np.array([store.names.code(("summary", r.summary)) for r in rows], np.int32),
+            "policies": np.array([store.policy_code(r.policies) for r in rows], np.int32),
         })
         store._append(batch)
 

@@ -107,6 +107,7 @@ class Decision:
     src_identity: int
     dst_identity: int
     direction: str = "INGRESS"
+    policies: tuple[str, ...] = ()   # an allowed request: the policies whose HTTP rules allow it
 
 
 @dataclass

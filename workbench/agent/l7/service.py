@@ -28,6 +28,7 @@ from pyroute2.netlink.exceptions import NetlinkError
 
 from workbench.agent.context import LabContext
 from workbench.agent.flows import FlowService
+from workbench.agent.l7.attribution import Attributor
 from workbench.agent.l7.flows import FlowRecorder
 from workbench.agent.l7.proxy import Decision, Exchange, Proxy
 from workbench.agent.policy import PolicyService
@@ -100,6 +101,9 @@ class L7Service:
         # new object, which empties the cache)
         self._rules_cache: dict[tuple[int, str, int, int], tuple[HttpRule, ...] | None] = {}
         self._cached_for: object = None
+        # who allowed a request (flows' *_allowed_by): each applied policy compiled on its own
+        self.attributor = Attributor(lambda: policy.documents, lambda: list(ctx.endpoints.values()),
+                                     lambda: list(ctx.identities.all()), lambda: ctx.spec.namespaces)
         node = topology.node_netns(ctx.lab)
         setup_redirect_routing(node)
         attach_world_redirect(datapath, node)
@@ -154,7 +158,13 @@ class L7Service:
             allowed = allowed and request_allowed(egress, method, path, headers)
             if ingress is None:
                 direction = "EGRESS"
-        return Decision(allowed, src_id, dst_id, direction)
+        policies: tuple[str, ...] = ()
+        if allowed and (ingress is not None or egress is not None):
+            ep, peer = (server_ep, src_id) if direction == "INGRESS" else (client_ep, dst_id)
+            assert ep is not None   # rules were found for it
+            policies = self.attributor.allowed_by(self.policy.compiled, ep.id, direction.lower(),  # type: ignore[arg-type]
+                                                  peer, server[1], method, path, headers)
+        return Decision(allowed, src_id, dst_id, direction, policies)
 
     def record(self, exchange: Exchange) -> None:
         self.verdicts[exchange.verdict] += 1
