@@ -24,6 +24,7 @@ from workbench.lab.model import ID_HOST, ID_WORLD, PROTOCOLS, Endpoint, Identity
 from workbench.policy import compile_policies, diff, explain, load_documents
 from workbench.policy.compiler import CompiledPolicy, live_edit
 from workbench.policy.evaluate import cidr_identity, connection_allowed
+from workbench.policy.replay import replay
 from workbench.policy.rules import PolicyDocument
 from workbench.policy.rules_view import live_entries, rule_rows
 from workbench.policy.trace import format_trace, resolve_ends, trace
@@ -232,7 +233,7 @@ class PolicyService:
         return {"policy.apply": self.apply, "policy.get": self.get, "policy.delete": self.delete,
                 "policy.explain": self.explain, "policy.audit": self.audit, "policy.map.edit": self.edit_map,
                 "bpf.policy.get": self.bpf_policy, "datapath.metrics": self.datapath_metrics,
-                "policy.rules": self.rules, "policy.trace": self.trace}
+                "policy.rules": self.rules, "policy.trace": self.trace, "policy.replay": self.replay}
 
     # -- explaining verdicts: rules with counters, trace ----------------------------------------
     def rules(self) -> list[dict[str, Any]]:
@@ -298,3 +299,17 @@ class PolicyService:
                     self.compiled, (src.id, src.identity), (t.id, t.identity) if t else None,
                     probe["protocol"], int(port), dst_identity=outside) for t in targets))
             return answers
+
+    def replay(self, text: str, flows: list[dict[str, Any]], source: str = "", add: bool = False) -> dict[str, Any]:
+        """Recorded connection starts and requests (``flows``, from ``connection_starts``) judged under the
+        policy in force and under the documents in ``text`` (replacing the applied set, or joining it with
+        ``add``), compiled against the current endpoints. Nothing is applied."""
+        docs = load_documents(text, origin=source, paths=False)
+        with self.lock:
+            documents = dict(self.documents) if add else {}
+            for doc in docs:
+                documents[doc.key] = doc
+            candidate = self._compile(documents)   # compiled only: no kernel write
+            base = {k: v for k, v in self._base_ipcache().items() if not k.endswith("/32") or v == ID_HOST}
+            return replay(flows, self.live_policy(), candidate, list(self.ctx.endpoints.values()),
+                          self.audit_flags(), base)

@@ -129,6 +129,35 @@ def _trace(args: argparse.Namespace) -> MessageResult:
     return MessageResult(str(report), data)
 
 
+REPLAY_COLUMNS = ["src", "dst", "dst_port", "protocol", "http_method", "http_url", "verdict_now",
+                  "verdict_candidate", "drop_reason_desc_candidate"]
+
+
+def _recorded_flows(args: argparse.Namespace) -> Any:
+    """Flows from --input-file (a parquet archive) or the lab's store (--last N newest)."""
+    if args.input_file:
+        from workbench.observe.archive import load_parquet
+
+        if not Path(args.input_file).is_file():
+            raise NotFoundError(f"flow file {args.input_file} does not exist")
+        frame = load_parquet(args.input_file)
+        return frame.tail(args.last) if args.last else frame
+    from workbench.client.flows import agent_flows
+
+    return agent_flows(args.lab, last=args.last) if args.last else agent_flows(args.lab)
+
+
+def _replay(args: argparse.Namespace) -> TableResult:
+    for path in args.files:
+        if not Path(path).is_file():
+            raise NotFoundError(f"policy file {path} does not exist")
+    frame = Lab(args.lab).policy.replay([Path(p) for p in args.files], _recorded_flows(args), add=args.add)
+    a = frame.attrs
+    return table_result(args, frame, terminal_view=lambda f: f[REPLAY_COLUMNS],
+                        empty_text=f"no verdict would change ({a['judged']} connections and requests judged, "
+                                   f"{a['skipped']} skipped: their pods are gone)")
+
+
 def register(sub: Any) -> None:
     policy = sub.add_parser("policy", help="CiliumNetworkPolicy and NetworkPolicy")
     psub = policy.add_subparsers(dest="policy_command", metavar="SUBCOMMAND")
@@ -155,10 +184,15 @@ def register(sub: Any) -> None:
     trace.add_argument("--protocol", type=str.upper, choices=["TCP", "UDP"], default="TCP")
     trace.add_argument("--method", metavar="M", help="HTTP method (with --path: judged by the L7 rules)")
     trace.add_argument("--path", metavar="P", help="HTTP request path, query included")
+    replay = psub.add_parser("replay", help="recorded flows whose verdict a candidate policy set would change")
+    replay.add_argument("files", nargs="+", metavar="FILE")
+    replay.add_argument("--add", action="store_true", help="join the applied policies instead of replacing them")
+    replay.add_argument("--input-file", metavar="F.parquet", help="flows from an archive, not the lab")
+    replay.add_argument("--last", type=int, metavar="N", help="only the N newest flows")
     for parser, func, add_output_flags in ((apply, _apply, add_table_flags), (get, _get, add_table_flags),
                                            (delete, _delete, add_json_flag), (audit, _audit, add_json_flag),
                                            (explain, _explain, add_table_flags), (rules, _rules, add_table_flags),
-                                           (trace, _trace, add_json_flag)):
+                                           (trace, _trace, add_json_flag), (replay, _replay, add_table_flags)):
         add_lab_flag(parser)
         add_output_flags(parser)
         parser.set_defaults(func=func)

@@ -199,6 +199,34 @@ class LabPolicy:
                                              protocol=protocol, http_method=method, http_path=path,
                                              headers=headers))
 
+    def replay(self, source: str | Path | dict[str, Any] | list[Any], flows: pd.DataFrame | None = None, *,
+               add: bool = False) -> pd.DataFrame:
+        """Which recorded flows would get another verdict under a candidate policy set (nothing is applied).
+
+        ``source`` is what :meth:`apply` takes; it replaces the applied set, or
+        joins it with ``add=True``. ``flows``: a flow table (``lab.flows(...)``,
+        a parquet archive read with ``load_parquet``); default: the lab's stored
+        flows. Each connection's first packet and each HTTP request is judged
+        under the policy now and the candidate; the rows whose verdict changes
+        come back with ``verdict_now``, ``verdict_candidate`` and the
+        candidate's ``*_by`` lists. ``attrs``: judged, skipped, changed.
+
+        Example::
+
+            >>> lab.policy.replay("rule1.yaml", lab.flows(last=1000))[["src", "dst", "verdict_candidate"]]
+        """
+        from workbench.client.flows import query_flows
+        from workbench.policy.replay import RESULT_COLUMNS, connection_starts
+
+        text, label = policy_text(source)
+        if flows is None:
+            flows = query_flows(self._client)
+        outcome = self._client.call("policy.replay", text=text, source=label, flows=connection_starts(flows),
+                                    add=add)
+        frame = pd.DataFrame(outcome["rows"], columns=RESULT_COLUMNS)
+        frame.attrs.update({k: outcome[k] for k in ("judged", "skipped", "changed")})
+        return frame
+
     def _edit(self, op: str, pod: str, direction: str, peer: int | str, protocol: str, port: int,
               end_port: int | None) -> Any:
         return self._client.call("policy.map.edit", op=op, pod=pod, direction=direction, peer=peer,
