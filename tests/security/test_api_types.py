@@ -20,7 +20,7 @@ LANDING = "curl -s -m 2 -XPOST deathstar.default.svc.cluster.local/v1/request-la
 
 @pytest.fixture(scope="module")
 def lab():
-    lab = wb.Lab.up(name=f"t{uuid.uuid4().hex[:6]}")
+    lab = wb.Lab.up(name=f"sect{uuid.uuid4().hex[:6]}")
     try:
         lab.policy.apply(wb.example("rule1.yaml"))
         yield lab
