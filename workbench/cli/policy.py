@@ -158,6 +158,16 @@ def _replay(args: argparse.Namespace) -> TableResult:
                                    f"{a['skipped']} skipped: their pods are gone)")
 
 
+def _suggest(args: argparse.Namespace) -> MessageResult:
+    from workbench.policy.replay import connection_starts
+    from workbench.policy.suggest import suggest_policies, to_yaml
+
+    docs = suggest_policies(connection_starts(_recorded_flows(args)), args.namespace)
+    if not docs:
+        return MessageResult("# no forwarded traffic to build a policy from", {"policies": []})
+    return MessageResult(to_yaml(docs).rstrip("\n"), {"policies": docs})
+
+
 def register(sub: Any) -> None:
     policy = sub.add_parser("policy", help="CiliumNetworkPolicy and NetworkPolicy")
     psub = policy.add_subparsers(dest="policy_command", metavar="SUBCOMMAND")
@@ -189,10 +199,16 @@ def register(sub: Any) -> None:
     replay.add_argument("--add", action="store_true", help="join the applied policies instead of replacing them")
     replay.add_argument("--input-file", metavar="F.parquet", help="flows from an archive, not the lab")
     replay.add_argument("--last", type=int, metavar="N", help="only the N newest flows")
+    suggest = psub.add_parser("suggest", help="least-privilege CiliumNetworkPolicy YAML from the flows seen")
+    suggest.add_argument("--namespace", "-n", metavar="NS", help="only workloads of this namespace")
+    suggest.add_argument("--input-file", metavar="F.parquet", help="flows from an archive, not the lab")
+    suggest.add_argument("--last", type=int, metavar="N", help="only the N newest flows")
+    suggest.add_argument("-o", "--output", choices=["yaml"], default="yaml", help="YAML documents (the default)")
     for parser, func, add_output_flags in ((apply, _apply, add_table_flags), (get, _get, add_table_flags),
                                            (delete, _delete, add_json_flag), (audit, _audit, add_json_flag),
                                            (explain, _explain, add_table_flags), (rules, _rules, add_table_flags),
-                                           (trace, _trace, add_json_flag), (replay, _replay, add_table_flags)):
+                                           (trace, _trace, add_json_flag), (replay, _replay, add_table_flags),
+                                           (suggest, _suggest, add_json_flag)):
         add_lab_flag(parser)
         add_output_flags(parser)
         parser.set_defaults(func=func)

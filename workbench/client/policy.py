@@ -227,6 +227,28 @@ class LabPolicy:
         frame.attrs.update({k: outcome[k] for k in ("judged", "skipped", "changed")})
         return frame
 
+    def suggest(self, flows: pd.DataFrame | None = None, namespace: str | None = None) -> str:
+        """Least-privilege CiliumNetworkPolicy YAML allowing the traffic that passed in ``flows``.
+
+        One policy per workload (pods with one label set), peers by labels (the
+        world by /32 CIDR), the ports and HTTP methods/paths seen. Default
+        flows: the lab's stored flows. Check it with :meth:`replay` before
+        applying it.
+
+        Example::
+
+            >>> text = lab.policy.suggest(lab.flows(last=5000), namespace="default")
+            >>> lab.policy.replay(text).empty      # nothing that passed would now be dropped
+            True
+        """
+        from workbench.client.flows import query_flows
+        from workbench.policy.replay import connection_starts
+        from workbench.policy.suggest import suggest_policies, to_yaml
+
+        if flows is None:
+            flows = query_flows(self._client)
+        return to_yaml(suggest_policies(connection_starts(flows), namespace))
+
     def _edit(self, op: str, pod: str, direction: str, peer: int | str, protocol: str, port: int,
               end_port: int | None) -> Any:
         return self._client.call("policy.map.edit", op=op, pod=pod, direction=direction, peer=peer,
