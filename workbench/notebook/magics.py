@@ -58,10 +58,26 @@ class WorkbenchMagics(Magics):
         if not cell.strip():
             raise UsageError("%%policy: the cell is empty; write policy YAML below the %%policy line")
         try:
-            outcome = Lab(args.lab).policy.apply(cell, dry_run=args.dry_run, audit=args.audit)
+            lab = Lab(args.lab)
+            outcome = lab.policy.apply(cell, dry_run=args.dry_run, audit=args.audit)
+            if args.dry_run:
+                outcome["replay"] = _replayed(lab, cell)
         except WorkbenchError as err:
             raise UsageError(f"%%policy: {err}") from None
         return PolicyOutcome(outcome)
+
+
+DRY_RUN_REPLAY_FLOWS = 20_000   # the newest recorded flows a dry run replays (the whole store could be 1M rows)
+
+
+def _replayed(lab: Lab, cell: str) -> list[dict[str, Any]]:
+    """The recorded flows whose verdict the cell's policies would change (joining the applied set, as apply
+    does); empty when the lab has recorded none."""
+    flows = lab.flows(last=DRY_RUN_REPLAY_FLOWS)
+    if flows.empty:
+        return []
+    frame = lab.policy.replay(cell, flows, add=True)
+    return list(frame.astype(object).where(frame.notna(), None).to_dict(orient="records"))
 
 
 class PolicyOutcome(dict):  # type: ignore[type-arg]
@@ -73,7 +89,16 @@ class PolicyOutcome(dict):  # type: ignore[type-arg]
         if self.get("dry_run"):
             rows = dry_run_frame(self)
             table = rows.to_html(index=False) if not rows.empty else ""
-            return f"<p><b>dry run</b>: {html.escape(self['summary'])} (nothing applied)</p>{table}"
+            replayed = ""
+            if self.get("replay"):
+                import pandas as pd
+
+                from workbench.policy.replay import RESULT_COLUMNS
+
+                flows = pd.DataFrame(self["replay"], columns=RESULT_COLUMNS)
+                replayed = (f"<p><b>recorded flows whose verdict would change</b>: {len(flows)}</p>"
+                            + flows.to_html(index=False))
+            return f"<p><b>dry run</b>: {html.escape(self['summary'])} (nothing applied)</p>{table}{replayed}"
         enforced = ", ".join(self.get("enforced", [])) or "none"
         audit = f"; audit mode on for {', '.join(self['audited'])}" if self.get("audited") else ""
         return (f"<p>applied <b>{html.escape(', '.join(self['applied']))}</b>: {self['entries']} map entries; "
