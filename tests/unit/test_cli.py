@@ -1,6 +1,9 @@
+import importlib
 import json
 import subprocess
 import sys
+
+import pytest
 
 from workbench.cli.commands import ArgumentError, build_parser, run
 from workbench.errors import WorkbenchError
@@ -41,3 +44,32 @@ def test_kernelspec_install_points_at_this_interpreter(tmp_path):
     assert spec["display_name"] == "eBPF Workbench (Python 3)"
     assert spec["argv"][0] == sys.executable
     assert spec["argv"][1:3] == ["-m", "workbench.notebook.kernel_launcher"]
+
+
+def test_an_unexpected_exception_is_one_line_without_traceback(monkeypatch, capsys):
+    """A bug of ours still answers in one line (the traceback only with WORKBENCH_DEBUG=1)."""
+    cli_main = importlib.import_module("workbench.cli.main")   # the package re-exports main()
+
+    def broken(argv):
+        raise KeyError("endpoint\nid")
+
+    monkeypatch.setattr(cli_main, "run", broken)
+    monkeypatch.delenv("WORKBENCH_DEBUG", raising=False)
+    assert cli_main.main(["lab", "status"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert err.startswith("error: internal error (KeyError: ") and "WORKBENCH_DEBUG=1" in err
+    monkeypatch.setenv("WORKBENCH_DEBUG", "1")
+    with pytest.raises(KeyError):
+        cli_main.main(["lab", "status"])
+
+
+def test_an_os_error_names_the_file(monkeypatch, capsys):
+    cli_main = importlib.import_module("workbench.cli.main")   # the package re-exports main()
+
+    def denied(argv):
+        raise PermissionError(13, "Permission denied", "/root/flows.parquet")
+
+    monkeypatch.setattr(cli_main, "run", denied)
+    assert cli_main.main(["flows", "export", "/root/flows.parquet"]) == 1
+    assert capsys.readouterr().err == "error: Permission denied: /root/flows.parquet\n"
