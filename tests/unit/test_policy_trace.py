@@ -261,3 +261,14 @@ def test_live_entries_read_the_writers_records_back():
     back = live_entries(counted_map(compiled, {}))
     assert [entry_key(e) for e in back] == [entry_key(e) for e in compiled.entries]
     assert all(e.rules == ("default/rule1",) for e in back)
+
+
+def test_a_pod_reaching_itself_is_judged_by_nothing():
+    compiled = compile_docs([RULE1])
+    me = party("deathstar-1", compiled)
+    result = trace_connection(compiled, me, me, "TCP", 80)
+    assert result.verdict == "FORWARDED" and not result.egress.judged and not result.ingress.judged
+    assert "reaches itself" in format_trace(result.to_dict())
+    # through its own service: itself passes, the other backend (not admitted by rule1... it is: empire) too
+    ends = resolve_ends("deathstar-1", "deathstar", 80, "TCP", ENDPOINTS, SERVICES, lambda ip: 2, {}, {})
+    assert [b["verdict"] for b in trace(compiled, ends, "TCP").to_dict()["backends"]] == ["FORWARDED", "FORWARDED"]

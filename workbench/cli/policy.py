@@ -147,13 +147,19 @@ def _recorded_flows(args: argparse.Namespace) -> Any:
     return agent_flows(args.lab, last=args.last) if args.last else agent_flows(args.lab)
 
 
+def replay_view(frame: Any) -> Any:
+    """`policy replay` in a terminal; the HTTP columns only when some row is an HTTP request."""
+    http = frame.http_method.notna().any()
+    return frame[[c for c in REPLAY_COLUMNS if http or not c.startswith("http_")]]
+
+
 def _replay(args: argparse.Namespace) -> TableResult:
     for path in args.files:
         if not Path(path).is_file():
             raise NotFoundError(f"policy file {path} does not exist")
     frame = Lab(args.lab).policy.replay([Path(p) for p in args.files], _recorded_flows(args), add=args.add)
     a = frame.attrs
-    return table_result(args, frame, terminal_view=lambda f: f[REPLAY_COLUMNS],
+    return table_result(args, frame, terminal_view=replay_view,
                         empty_text=f"no verdict would change ({a['judged']} connections and requests judged, "
                                    f"{a['skipped']} skipped: their pods are gone)")
 

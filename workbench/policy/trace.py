@@ -79,7 +79,8 @@ class DirectionTrace:
     """How one direction (the source's egress or the destination's ingress) judges the connection."""
 
     direction: Direction
-    judged: bool = False          # False: this end is no pod of the lab (nothing judges here)
+    judged: bool = False          # False: nothing judges here (see ``note``)
+    note: str = "not a pod of the lab"
     reached: bool = True          # False: the packet was dropped before (at the source's egress)
     verdict: str = ""             # FORWARDED | REDIRECTED | DROPPED | AUDIT ("" when not judged)
     drop_reason_desc: str = ""    # the reason of a drop, or the would-be reason under AUDIT
@@ -236,6 +237,11 @@ def trace_connection(compiled: CompiledPolicy, src: Party, dst: Party, protocol:
     connection the L7 proxy sees, the request is judged by the HTTP rules.
     """
     protocol = protocol.upper()
+    if src.ep_id is not None and src.ep_id == dst.ep_id:
+        # a pod reaching itself (e.g. through its own service): the packet never leaves the pod
+        alone = "the pod reaches itself: no program sees the packet"
+        return TraceResult(src, dst, protocol, port, FORWARDED, "", DirectionTrace("egress", note=alone),
+                           DirectionTrace("ingress", note=alone))
     if src.ep_id is not None:
         egress = judge(compiled, src.ep_id, "egress", dst.identity, protocol, port, audit=src.audit)
     else:
@@ -383,7 +389,7 @@ def trace(compiled: CompiledPolicy, ends: Ends, protocol: str, **request: Any) -
 def _direction_line(d: Mapping[str, Any], end: str) -> str:
     name = f"{d['direction']} of {end}"
     if not d["judged"]:
-        return f"  {name}: not judged (not a pod of the lab)"
+        return f"  {name}: not judged ({d['note']})"
     if not d["reached"]:
         return f"  {name}: not reached"
     parts = [d["verdict"]]
