@@ -149,3 +149,16 @@ def test_suggested_policies_allow_what_they_were_built_from_and_deny_the_unseen(
             src_party = Party(src.ipv4, src.identity, src.id) if src else Party(WORLD, 2)
             probe = trace_connection(candidate, src_party, Party(dst.ipv4, dst.identity, dst.id), "TCP", 9999)
             assert probe.verdict == "DROPPED", to_yaml(docs)
+
+
+def test_replay_refuses_malformed_records_in_one_line():
+    import pytest
+
+    from workbench.errors import ValidationError
+
+    good = record("xwing", "deathstar-1", 80)
+    for bad, message in (({**good, "src_ip": "nope"}, "src_ip 'nope'"), ({**good, "dst_port": "80"}, "dst_port"),
+                         ({**good, "protocol": "ICMP"}, "protocol 'ICMP'"), ({"dst_ip": "1.2.3.4"}, "src_ip")):
+        with pytest.raises(ValidationError, match=message) as err:
+            replay([good, bad], CompiledPolicy(), CompiledPolicy(), ENDPOINTS, {}, BASE)
+        assert "replay flow 1" in str(err.value) and len(str(err.value).splitlines()) == 1

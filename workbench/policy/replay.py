@@ -121,6 +121,24 @@ def judge_record(record: Mapping[str, Any], compiled: CompiledPolicy, by_ip: Map
                             method=method, path=path)
 
 
+def check_record(record: Mapping[str, Any], index: int) -> None:
+    """A record from a client must name two IPv4 addresses, a port and TCP or UDP (one-line error if not)."""
+    where = f"replay flow {index}"
+    for key in ("src_ip", "dst_ip"):
+        try:
+            ipaddress.IPv4Address(str(record.get(key)))
+        except ValueError:
+            raise ValidationError(f"{where}: {key} {str(record.get(key))[:40]!r} is not an IPv4 address") from None
+    port = record.get("dst_port")
+    if not isinstance(port, int) or isinstance(port, bool) or not 0 <= port <= 65535:
+        raise ValidationError(f"{where}: dst_port {str(port)[:20]!r} is not a port number")
+    if str(record.get("protocol")).upper() not in JUDGED_PROTOCOLS:
+        raise ValidationError(f"{where}: protocol {str(record.get('protocol'))[:20]!r} is not TCP or UDP")
+    for key in ("http_method", "http_url"):
+        if record.get(key) is not None and not isinstance(record.get(key), str):
+            raise ValidationError(f"{where}: {key} must be text")
+
+
 def _gone(record: Mapping[str, Any], by_ip: Mapping[str, Endpoint]) -> bool:
     """A pod named in the flow that no longer has its address: its policy cannot be judged now."""
     return any(record.get(f"{side}_pod") and str(record[f"{side}_ip"]) not in by_ip for side in ("src", "dst"))
@@ -137,6 +155,8 @@ def replay(records: Iterable[Mapping[str, Any]], now: CompiledPolicy, candidate:
     if len(records) > MAX_RECORDS:
         raise ValidationError(f"replay got {len(records):,} connections and requests, at most {MAX_RECORDS:,}",
                               hint="narrow the flows (--last N, or filter the DataFrame) first")
+    for index, record in enumerate(records):
+        check_record(record, index)
     by_ip = {ep.ipv4: ep for ep in endpoints}
     rows, skipped = [], 0
     for record in records:
