@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import textwrap
 import time
 import uuid
 
@@ -18,15 +17,9 @@ import pytest
 import yaml
 
 import workbench as wb
+from tests.privileged.policydocs import DEATHSTAR, cnp
 from workbench.client.connectivity import run_connectivity_test
 
-
-def cnp(name: str, body: str) -> str:
-    return (f"apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata:\n  name: {name}\n"
-            f"spec:\n{textwrap.indent(textwrap.dedent(body).strip(), '  ')}\n")
-
-
-DEATHSTAR = "        endpointSelector: {matchLabels: {org: empire, class: deathstar}}\n"
 CANDIDATE = cnp("rule1", DEATHSTAR + """
         ingress:
         - fromEndpoints: [{matchLabels: {org: empire}}]

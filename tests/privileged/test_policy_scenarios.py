@@ -11,7 +11,6 @@ import json
 import os
 import signal
 import sys
-import textwrap
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -20,6 +19,7 @@ from pathlib import Path
 import pytest
 
 import workbench as wb
+from tests.privileged.policydocs import cnp, knp
 from workbench.node.probe import __file__ as PROBE_SCRIPT
 
 MANIFEST = Path(__file__).with_name("manifests") / "policy-lab.yaml"
@@ -43,17 +43,6 @@ class Scenario:
     probes: list[Probe]
     audit: str | None = None
     setup: list[str] = field(default_factory=list)
-
-
-def cnp(name: str, body: str, namespace: str | None = None) -> str:
-    ns = f"\n  namespace: {namespace}" if namespace else ""
-    return (f"apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata:\n  name: {name}{ns}\n"
-            f"spec:\n{textwrap.indent(textwrap.dedent(body).strip(), '  ')}\n")
-
-
-def knp(name: str, body: str) -> str:
-    return (f"apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata:\n  name: {name}\n"
-            f"spec:\n{textwrap.indent(textwrap.dedent(body).strip(), '  ')}\n")
 
 
 # Indented like the scenario bodies below, so that one dedent fits both.

@@ -11,26 +11,14 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import textwrap
 import uuid
 
 import pytest
 
 import workbench as wb
+from tests.privileged.policydocs import DEATHSTAR, cnp, knp
 from workbench.client.connectivity import Probe, run_connectivity_test
 
-
-def cnp(name: str, body: str) -> str:
-    return (f"apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata:\n  name: {name}\n"
-            f"spec:\n{textwrap.indent(textwrap.dedent(body).strip(), '  ')}\n")
-
-
-def knp(name: str, body: str) -> str:
-    return (f"apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata:\n  name: {name}\n"
-            f"spec:\n{textwrap.indent(textwrap.dedent(body).strip(), '  ')}\n")
-
-
-DEATHSTAR = "        endpointSelector: {matchLabels: {org: empire, class: deathstar}}\n"
 RULE1 = cnp("rule1", DEATHSTAR + """
         ingress:
         - fromEndpoints: [{matchLabels: {org: empire}}]

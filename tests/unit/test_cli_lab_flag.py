@@ -29,13 +29,20 @@ def leaf_commands(parser: argparse.ArgumentParser, path: tuple[str, ...] = ()) -
 
 
 def positionals(parser: argparse.ArgumentParser) -> list[str]:
-    """Values for a command's required positional arguments (after the flags: exec's CMD takes the rest)."""
+    """Values for a command's required arguments: its required options (`policy trace --from ...`), then its
+    positionals (after the flags: exec's CMD takes the rest)."""
+    options: list[str] = []
     values: list[str] = []
     for action in parser._actions:
-        if action.option_strings or action.nargs in (argparse.REMAINDER, "*", "?"):
+        value = str(next(iter(action.choices))) if action.choices else "x.yaml"
+        if action.option_strings:
+            if action.required:
+                options += [action.option_strings[0], "80" if action.type is int else value]
             continue
-        values.append(str(next(iter(action.choices))) if action.choices else "x.yaml")
-    return values
+        if action.nargs in (argparse.REMAINDER, "*", "?"):
+            continue
+        values.append(value)
+    return options + values
 
 
 def lab_commands() -> list[tuple[tuple[str, ...], list[str]]]:

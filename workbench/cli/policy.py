@@ -142,9 +142,8 @@ def _recorded_flows(args: argparse.Namespace) -> Any:
             raise NotFoundError(f"flow file {args.input_file} does not exist")
         frame = load_parquet(args.input_file)
         return frame.tail(args.last) if args.last else frame
-    from workbench.client.flows import agent_flows
-
-    return agent_flows(args.lab, last=args.last) if args.last else agent_flows(args.lab)
+    lab = Lab(args.lab)
+    return lab.flows(last=args.last) if args.last else lab.flows()
 
 
 def replay_view(frame: Any) -> Any:
