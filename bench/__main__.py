@@ -24,6 +24,7 @@ from bench.figures import SECTIONS, validate
 RESULTS = Path(__file__).resolve().parent / "results"
 SECTION_MODULES = {
     "datapath": "bench.datapath_bench",
+    "attribution": "bench.attribution_bench",
     "policy_apply": "bench.policy_apply_bench",
     "ingest": "bench.ingest_bench",
     "lab": "bench.lab_bench",

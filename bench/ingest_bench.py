@@ -61,13 +61,14 @@ def callback_rate(raw: bytes, n_events: int) -> tuple[float, int]:
     services = dict(zip(ctx.tables.svc_keys.tolist(), ctx.tables.svc_names, strict=True))
     offset_ns = time.time_ns() - time.monotonic_ns()
     itemsize = ev.EVENT_DTYPE.itemsize
-    # struct flow_event: 5 u64, 5 u32 (addresses network order), 5 u16, 7 u8, 3 pad
-    layout = struct.Struct("<5Q2I3I5H7B3x")
+    # struct flow_event: 5 u64, 6 u32 (addresses network order; the last is the policy cookie), 5 u16, 7 u8, 7 pad
+    layout = struct.Struct("<5Q2I4I5H7B7x")
+    assert layout.size == itemsize, "bench/ingest_bench.py's mirror of struct flow_event is out of date"
     verdicts = abi.VERDICT_NAMES
     rows: list[dict[str, Any]] = []
 
     def on_event(data: bytes) -> None:
-        (ktime, _pk, nbytes, _rp, _rb, saddr, daddr, sid, did, _ifi, sport, dport, _ep, _pp, reason,
+        (ktime, _pk, nbytes, _rp, _rb, saddr, daddr, sid, did, _ifi, _cookie, sport, dport, _ep, _pp, reason,
          proto, flags, etype, direction, reply, verdict, match) = layout.unpack(data)
         src = int.from_bytes(saddr.to_bytes(4, "little"), "big")
         dst = int.from_bytes(daddr.to_bytes(4, "little"), "big")
