@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pytest
 
+from tests.waiting import wait_until
 from workbench.datapath import abi
 from workbench.datapath.loader import Datapath
 from workbench.datapath.ringreader import RingReader
@@ -73,16 +74,27 @@ def clean(bed: Testbed) -> Iterator[Testbed]:
     bed.datapath.set_audit(None, False)
 
 
+Drain = Callable[[Callable[[np.ndarray], bool], str], np.ndarray]
+
+
 @contextmanager
-def events(bed: Testbed) -> Iterator[Callable[[], np.ndarray]]:
-    """The flow events from now on, read from the ring like the agent reads them; call to drain."""
+def events(bed: Testbed) -> Iterator[Drain]:
+    """The flow events from now on, read from the ring like the agent reads them.
+
+    ``drain(until, what)`` reads the ring until ``until(all events so far)``
+    holds (10 s deadline), so a test counts events only once the last one it
+    expects (a connection's end, say) has arrived, however slow the machine.
+    """
     with RingReader(bed.datapath.bpf[b"events"].map_fd) as reader:
         reader.drain()  # what earlier tests left
         seen: list[np.ndarray] = []
 
-        def drain() -> np.ndarray:
-            time.sleep(0.1)
-            seen.append(reader.drain())
+        def drain(until: Callable[[np.ndarray], bool], what: str) -> np.ndarray:
+            def arrived() -> bool:
+                seen.append(reader.drain())
+                return bool(until(np.concatenate(seen)))
+
+            wait_until(arrived, 10, what)
             return np.concatenate(seen)
 
         yield drain
@@ -248,7 +260,9 @@ def test_audit_mode_passes_and_counts_the_would_be_drop(clean: Testbed) -> None:
         audited = drop_count(bed, 133, "INGRESS", verdict="AUDIT")
         assert bed.tcp("a", "b", 80)
         assert drop_count(bed, 133, "INGRESS", verdict="AUDIT") > audited
-        ev = drain()
+        ev = drain(lambda ev: bool(((ev["dport"] == 80) & (ev["direction"] == abi.DIR_INGRESS)
+                                    & (ev["event_type"] == abi.EVENT_TRACE)).any()),
+                   "the ingress trace of the audited SYN")
     ev = ev[(ev["dport"] == 80) & (ev["direction"] == abi.DIR_INGRESS)]
     verdicts = ev[ev["event_type"] == abi.EVENT_POLICY_VERDICT]
     assert [(int(v), int(r)) for v, r in zip(verdicts["verdict"], verdicts["drop_reason"], strict=True)] == \
@@ -271,9 +285,12 @@ def test_events_report_drops_verdicts_traces_and_connection_totals(clean: Testbe
         with bed.connection("a", "b", 80) as conn:
             conn.sendall(b"x" * 100)
             assert conn.recv(200)
-        time.sleep(0.2)  # FIN/ACK exchange after close
-        ev = drain()
-    to_b = ev[(ev["dport"] == 80) & (ev["daddr"] == int.from_bytes(bytes(map(int, b.ipv4.split("."))), "little"))]
+        b_addr = int.from_bytes(bytes(map(int, b.ipv4.split("."))), "little")
+        # the connection's end comes after the FIN/ACK exchange that follows close
+        ev = drain(lambda ev: bool(((ev["dport"] == 80) & (ev["daddr"] == b_addr) & (ev["direction"] == abi.DIR_INGRESS)
+                                    & (ev["event_type"] == abi.EVENT_CONN_END)).any()),
+                   "the end of the a->b:80 connection")
+    to_b = ev[(ev["dport"] == 80) & (ev["daddr"] == b_addr)]
     drops = to_b[to_b["event_type"] == abi.EVENT_DROP]
     assert len(drops) and (drops["drop_reason"] == 133).all() and (drops["src_identity"] == C).all()
     assert (drops["verdict"] == abi.VERDICTS["DROPPED"]).all()
@@ -480,7 +497,9 @@ def test_live_connections_report_totals_periodically_and_conntrack_lists_them() 
                 assert len(ingress) == 1 and ingress.verdict.iloc[0] == "REDIRECTED"
                 assert ingress.proxy_port.iloc[0] == 15001 and ingress.packets.iloc[0] >= 9
                 assert not ingress.closed.iloc[0]
-            ev = drain()
+            ev = drain(lambda ev: int(((ev["event_type"] == abi.EVENT_CONN_STATS)
+                                       & (ev["direction"] == abi.DIR_INGRESS)).sum()) >= 2,
+                       "two periodic totals of the live connection")
         stats = ev[(ev["event_type"] == abi.EVENT_CONN_STATS) & (ev["direction"] == abi.DIR_INGRESS)]
         assert len(stats) >= 2
         assert list(stats["packets"]) == sorted(stats["packets"]) and stats["packets"][-1] > stats["packets"][0]
@@ -499,9 +518,9 @@ def test_events_that_do_not_fit_the_ring_are_counted_as_lost() -> None:
                 sender.sendto(b"x", (b.ipv4, 53))
         finally:
             sender.close()
-        time.sleep(0.1)
-        assert drop_count(bed, 133, "INGRESS") >= 300
-        assert bed.datapath.lost_events() > 400
+        # the veth hands datagrams to the peer's backlog: counters catch up a little later
+        wait_until(lambda: drop_count(bed, 133, "INGRESS") >= 300, 10, "300 counted policy drops")
+        wait_until(lambda: bed.datapath.lost_events() > 400, 10, "more than 400 lost events")
 
 
 def test_fragments_are_judged_as_their_datagram_and_orphans_drop_175(clean: Testbed) -> None:
@@ -525,7 +544,7 @@ def test_fragments_are_judged_as_their_datagram_and_orphans_drop_175(clean: Test
             + socket.inet_aton(a.ipv4) + socket.inet_aton(b.ipv4)
         before = drop_count(bed, 175, "EGRESS")
         raw.sendto(header + b"z" * 64, (b.ipv4, 0))
-        time.sleep(0.1)
+        wait_until(lambda: drop_count(bed, 175, "EGRESS") != before, 10, "the orphan fragment's drop (175)")
         assert drop_count(bed, 175, "EGRESS") == before + 1
     finally:
         raw.close()

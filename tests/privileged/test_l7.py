@@ -21,6 +21,7 @@ from datetime import UTC, datetime
 import pytest
 
 import workbench as wb
+from tests.waiting import wait_until
 from workbench.errors import ValidationError
 
 DEATHSTAR = "deathstar.default.svc.cluster.local"
@@ -77,14 +78,31 @@ def accepted(lab) -> int:
     return int(lab.call("l7.status")["accepted"])
 
 
-def wait_flows(lab, count: int, **filters):
-    """L7 rows are written when the exchange ends; allow the store a moment."""
-    deadline = time.monotonic() + 5
-    while True:
-        frame = lab.flows(type="l7", **filters)
-        if len(frame) >= count or time.monotonic() > deadline:
-            return frame
-        time.sleep(0.1)
+def curl_from(lab, pod: str, method: str, path: str, timeout: int = 3) -> tuple[str, int]:
+    """curl as :func:`curl`, also returning the client's source port: the key to this request's flows."""
+    run = lab.exec(pod, ["curl", "-s", "-m", str(timeout), "-X", method, "-w", "\n%{local_port}",
+                         f"http://{DEATHSTAR}{path}"])
+    body, _, port = run.stdout.rpartition("\n")
+    return body, int(port)
+
+
+def own(frame, ports):
+    """The rows of the connections from these client ports: requests by source, replies by destination."""
+    ports = set(ports)
+    return frame[frame.src_port.isin(ports) | frame.dst_port.isin(ports)]
+
+
+def wait_flows(lab, ports, count: int, **filters):
+    """This test's L7 rows (by client port), once there are ``count`` of them.
+
+    L7 rows are written when the exchange ends and reach the store through
+    the agent; other tests' rows never count, so the result is exact.
+    """
+    def enough():
+        frame = own(lab.flows(type="l7", **filters), ports)
+        return frame if len(frame) >= count else None
+
+    return wait_until(enough, 10, f"{count} L7 flow rows of client ports {sorted(ports)} ({filters or 'any'})")
 
 
 def test_seed_l7_policy_allows_landing_denies_exhaust_port_xwing_times_out(lab, seed_policy):
@@ -102,14 +120,16 @@ def test_seed_l7_policy_allows_landing_denies_exhaust_port_xwing_times_out(lab, 
 
 def test_l7_flow_rows_carry_method_url_code_identities(lab, seed_policy):
     start = time.time()
-    curl(lab, "tiefighter", "POST", "/v1/request-landing")
-    curl(lab, "tiefighter", "PUT", "/v1/exhaust-port")
+    _, post_port = curl_from(lab, "tiefighter", "POST", "/v1/request-landing")
+    _, put_port = curl_from(lab, "tiefighter", "PUT", "/v1/exhaust-port")
     since = iso(start)
-    rows = wait_flows(lab, 3, since=since)
+    rows = wait_flows(lab, {post_port, put_port}, 3, since=since)
+    assert len(rows) == 3, rows[["src_port", "dst_port", "http_method", "verdict", "is_reply"]]
     tiefighter = lab.endpoints.set_index("pod").loc["tiefighter"]
-    request = rows[(rows.http_method == "POST") & ~rows.is_reply.astype(bool)].iloc[-1]
-    response = rows[(rows.http_method == "POST") & rows.is_reply.astype(bool)].iloc[-1]
-    denied = rows[rows.http_method == "PUT"].iloc[-1]
+    [request] = rows[(rows.src_port == post_port) & ~rows.is_reply.astype(bool)].itertuples()
+    [response] = rows[(rows.dst_port == post_port) & rows.is_reply.astype(bool)].itertuples()
+    [denied] = rows[rows.src_port == put_port].itertuples()
+    assert request.http_method == "POST" and denied.http_method == "PUT"
     assert request.verdict == "FORWARDED" and request.src_pod == "tiefighter"
     assert request.dst_pod.startswith("deathstar-") and request.dst_port == 80
     assert request.http_url == f"http://{DEATHSTAR}/v1/request-landing"
@@ -119,27 +139,36 @@ def test_l7_flow_rows_carry_method_url_code_identities(lab, seed_policy):
     assert denied.http_url == f"http://{DEATHSTAR}/v1/exhaust-port"
     assert denied.traffic_direction == "INGRESS" and list(denied.src_labels) == list(request.src_labels)
     # the filters of `observe --type l7 --http-method --http-path --http-status`
-    only_put = lab.flows(type="l7", http_method="PUT", http_status="403", since=since)
-    assert len(only_put) == 1 and only_put.iloc[0].verdict == "DROPPED"
-    assert len(lab.flows(type="l7", http_path="/v1/request-.*", since=since)) == 2
-    assert len(lab.flows(type="l7", http_status="2+", since=since)) == 1
+    mine = {post_port, put_port}
+    only_put = own(lab.flows(type="l7", http_method="PUT", http_status="403", since=since), mine)
+    assert list(only_put.src_port) == [put_port] and only_put.iloc[0].verdict == "DROPPED"
+    landing = own(lab.flows(type="l7", http_path="/v1/request-.*", since=since), mine)
+    assert len(landing) == 2 and set(landing.src_port) | set(landing.dst_port) >= {post_port}
+    assert list(own(lab.flows(type="l7", http_status="2+", since=since), mine).dst_port) == [post_port]
     cli = subprocess.run([sys.executable, "-m", "workbench", "observe", "--name", lab.name, "--type", "l7",
                           "--http-method", "PUT", "--http-status", "403", "-o", "json"],
                          capture_output=True, text=True, timeout=60)
     assert cli.returncode == 0, cli.stderr
     lines = [json.loads(line) for line in cli.stdout.splitlines()]
     assert lines and all(f["http_code"] == 403 and f["http_method"] == "PUT" for f in lines)
+    assert [f["src_port"] for f in lines].count(put_port) == 1
 
 
 def test_backend_sees_the_client_identity_of_proxied_connections(lab, seed_policy):
     start = time.time()
-    curl(lab, "tiefighter", "POST", "/v1/request-landing")
-    time.sleep(0.5)
+    _, port = curl_from(lab, "tiefighter", "POST", "/v1/request-landing")
     tiefighter = int(lab.endpoints.set_index("pod").loc["tiefighter"].identity)
-    verdicts = lab.flows(type="policy-verdict", since=iso(start))
-    redirected = verdicts[(verdicts.verdict == "REDIRECTED") & (verdicts.src_pod == "tiefighter")]
+
+    def both():
+        verdicts = lab.flows(type="policy-verdict", since=iso(start))
+        redirected = verdicts[(verdicts.verdict == "REDIRECTED") & (verdicts.src_port == port)]
+        # nothing else talks to the deathstar in this test: its one ingress verdict is the proxy's upstream
+        upstream = verdicts[(verdicts.traffic_direction == "INGRESS") & verdicts.dst_pod.str.startswith("deathstar-")]
+        return (redirected, upstream) if len(redirected) and len(upstream) else None
+
+    redirected, upstream = wait_until(both, 10, "the client's REDIRECTED verdict and the proxy upstream's verdict")
     assert len(redirected) == 1 and redirected.iloc[0].traffic_direction == "EGRESS"
-    upstream = verdicts[(verdicts.traffic_direction == "INGRESS") & verdicts.dst_pod.str.startswith("deathstar-")]
+    assert redirected.iloc[0].src_pod == "tiefighter"
     # the proxy's upstream leaves from the node (169.254.1.1) but is judged as tiefighter and forwarded
     assert len(upstream) == 1
     assert upstream.iloc[0].src_ip == "169.254.1.1" and int(upstream.iloc[0].src_identity) == tiefighter
@@ -214,6 +243,7 @@ MALFORMED_CLIENT = textwrap.dedent("""
     out = {"first": first, "port": keep.sock.getsockname()[1]}
     for garbage in (b"THIS IS NOT HTTP\\r\\n\\r\\n", b"GET / HTTP/1.1\\r\\nbad header line\\r\\n\\r\\n"):
         s = socket.create_connection((sys.argv[1], 80), timeout=5)
+        out.setdefault("bad_ports", []).append(s.getsockname()[1])
         s.sendall(garbage)
         data = b""
         while True:
@@ -236,8 +266,9 @@ def test_malformed_http_gets_400_a_flow_and_the_proxy_keeps_serving(lab, seed_po
     assert out["bad"] == ["HTTP/1.1 400 Bad Request"] * 2
     # the other connection was not disturbed: same socket, still answered
     assert out["first"] == out["again"] == "Ship landed\n" and out["same_port"]
-    rows = wait_flows(lab, 2, http_status="400", since=iso(start))
-    assert len(rows) == 2 and set(rows.verdict) == {"ERROR"} and set(rows.src_pod) == {"tiefighter"}
+    rows = wait_flows(lab, out["bad_ports"], 2, since=iso(start))
+    assert sorted(rows.src_port) == sorted(out["bad_ports"]), rows[["src_port", "verdict", "http_code"]]
+    assert set(rows.verdict) == {"ERROR"} and set(rows.http_code) == {400} and set(rows.src_pod) == {"tiefighter"}
     assert curl(lab, "tiefighter", "POST", "/v1/request-landing").stdout == "Ship landed\n"
     assert lab.call("l7.status")["errors"] == 0
 
@@ -289,17 +320,16 @@ def test_request_smuggling_is_refused_and_never_reaches_the_backend(lab, seed_po
         assert answer.startswith("HTTP/1.1 400 Bad Request"), (name, answer)
         assert answer.count("HTTP/1.1") == 1 and "Panic" not in answer and "Ship landed" not in answer, (name, answer)
     assert deathstar_log_lines(lab, "exhaust-port") == executed_before    # the backend ran no hidden PUT
-    refused = wait_flows(lab, 2, http_status="400", since=iso(start))
-    mine = refused[refused.src_port.isin(out["ports"])]
-    assert len(mine) == 2 and set(mine.verdict) == {"ERROR"}, refused[["verdict", "http_code", "summary"]]
-    everything = lab.flows(type="l7", since=iso(start))
-    mine = everything[everything.src_port.isin(out["ports"])]
-    assert set(mine.verdict) == {"ERROR"}, mine[["verdict", "http_code", "summary"]]   # nothing FORWARDED
+    refused = wait_flows(lab, out["ports"], 2, http_status="400", since=iso(start))
+    assert sorted(refused.src_port) == sorted(out["ports"]), refused[["src_port", "verdict", "http_code"]]
+    assert set(refused.verdict) == {"ERROR"}, refused[["verdict", "http_code", "summary"]]
+    mine = own(lab.flows(type="l7", since=iso(start)), out["ports"])
+    assert len(mine) == 2 and set(mine.verdict) == {"ERROR"}, mine[["verdict", "http_code", "summary"]]   # nothing FORWARDED
 
 
 def test_metrics_count_l7_verdicts(lab, seed_policy):
-    curl(lab, "tiefighter", "PUT", "/v1/exhaust-port")
-    wait_flows(lab, 1, http_status="403")
+    _, port = curl_from(lab, "tiefighter", "PUT", "/v1/exhaust-port")
+    wait_flows(lab, {port}, 1, http_status="403")
     metrics = lab.metrics()
     l7 = metrics[(metrics["name"] == "hubble_flows_processed_total")
                  & metrics["labels"].astype(str).str.contains("L7")]
@@ -329,15 +359,21 @@ def test_egress_l7_rule_of_the_client(lab):
     start = time.time()
     lab.policy.apply(EGRESS_L7)
     try:
-        assert '"name": "Death Star"' in curl(lab, "tiefighter", "GET", "/v1/").stdout
-        assert curl(lab, "tiefighter", "POST", "/v1/request-landing").stdout.strip() == "Access denied"
-        assert curl(lab, "xwing", "POST", "/v1/request-landing").stdout == "Ship landed\n"   # not selected
+        body, get_port = curl_from(lab, "tiefighter", "GET", "/v1/")
+        assert '"name": "Death Star"' in body
+        body, post_port = curl_from(lab, "tiefighter", "POST", "/v1/request-landing")
+        assert body.strip() == "Access denied"
+        body, xwing_port = curl_from(lab, "xwing", "POST", "/v1/request-landing")
+        assert body == "Ship landed\n"   # not selected
     finally:
         lab.policy.delete(all=True)
-    rows = wait_flows(lab, 3, since=iso(start))
-    denied = rows[rows.verdict == "DROPPED"]
-    assert len(denied) == 1 and denied.iloc[0].traffic_direction == "EGRESS"
-    assert denied.iloc[0].http_method == "POST"
+    rows = wait_flows(lab, {get_port, post_port}, 3, since=iso(start))
+    assert len(rows) == 3, rows[["src_port", "dst_port", "http_method", "verdict", "is_reply"]]
+    assert set(own(rows, {get_port}).verdict) == {"FORWARDED"} and len(own(rows, {get_port})) == 2
+    [denied] = own(rows, {post_port}).itertuples()
+    assert denied.verdict == "DROPPED" and denied.traffic_direction == "EGRESS"
+    assert denied.http_method == "POST" and denied.http_code == 403
+    assert own(lab.flows(type="l7", since=iso(start)), {xwing_port}).empty   # xwing never met the proxy
 
 
 WORLD_L7 = """
@@ -361,28 +397,39 @@ def test_world_clients_are_redirected_at_world0(lab):
     deathstar = str(lab.endpoints.set_index("pod").filter(like="deathstar-", axis=0).iloc[0].ipv4)
     world = f"wb-{lab.name}-world"
 
-    def from_world(method: str, path: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(["ip", "netns", "exec", world, "curl", "-s", "-m", "3", "-X", method,
-                               f"http://{deathstar}{path}"], capture_output=True, text=True, timeout=30)
+    def from_world(method: str, path: str) -> tuple[str, int]:
+        run = subprocess.run(["ip", "netns", "exec", world, "curl", "-s", "-m", "3", "-X", method,
+                              "-w", "\n%{local_port}", f"http://{deathstar}{path}"],
+                             capture_output=True, text=True, timeout=30)
+        body, _, port = run.stdout.rpartition("\n")
+        return body, int(port)
 
     start = time.time()
     lab.policy.apply(WORLD_L7)
     try:
         before = accepted(lab)
-        assert '"name": "Death Star"' in from_world("GET", "/v1/").stdout
-        assert from_world("PUT", "/v1/exhaust-port").stdout.strip() == "Access denied"
+        body, get_port = from_world("GET", "/v1/")
+        assert '"name": "Death Star"' in body
+        body, put_port = from_world("PUT", "/v1/exhaust-port")
+        assert body.strip() == "Access denied"
         assert accepted(lab) == before + 2
         assert curl(lab, "tiefighter", "GET", "/v1/", timeout=2).exit_code == 28   # not allowed at L3
     finally:
         lab.policy.delete(all=True)
-    rows = wait_flows(lab, 3, since=iso(start))
-    denied = rows[rows.verdict == "DROPPED"].iloc[-1]
-    assert denied.src_ip == "192.0.2.10" and int(denied.src_identity) == 2 and denied.http_code == 403
-    # the upstream is judged as world at the deathstar (the mark carries identity 2)
-    verdicts = lab.flows(type="policy-verdict", since=iso(start))
-    upstream = verdicts[(verdicts.src_ip == "169.254.1.1") & (verdicts.verdict == "FORWARDED")]
-    assert len(upstream) >= 1 and set(upstream.src_identity.astype(int)) == {2}
-    assert from_world("PUT", "/v1/exhaust-port").stdout == "Panic: deathstar exploded\n"   # no policy: direct
+    rows = wait_flows(lab, {get_port, put_port}, 3, since=iso(start))
+    assert len(rows) == 3 and set(own(rows, {get_port}).verdict) == {"FORWARDED"}
+    [denied] = own(rows, {put_port}).itertuples()
+    assert denied.verdict == "DROPPED" and denied.src_ip == "192.0.2.10"
+    assert int(denied.src_identity) == 2 and denied.http_code == 403
+    # the upstream is judged as world at the deathstar (the mark carries identity 2); only the GET had one
+    def upstream_verdicts():
+        v = lab.flows(type="policy-verdict", since=iso(start))
+        found = v[(v.src_ip == "169.254.1.1") & (v.verdict == "FORWARDED")]
+        return found if len(found) else None
+
+    upstream = wait_until(upstream_verdicts, 10, "the policy verdict of the proxy's upstream connection")
+    assert len(upstream) == 1 and set(upstream.src_identity.astype(int)) == {2}
+    assert from_world("PUT", "/v1/exhaust-port")[0] == "Panic: deathstar exploded\n"   # no policy: direct
 
 
 def test_connectivity_test_expectations_know_l7_rules(lab, seed_policy):
@@ -400,29 +447,39 @@ def test_connectivity_test_expectations_know_l7_rules(lab, seed_policy):
 def test_expect_100_continue_bodies_are_not_stalled(lab, seed_policy):
     body = "x" * 4096
 
+    # curl sends the body only on "100 Continue" (or a final answer); with its fallback timer at 60 s and
+    # the whole request bounded at 20 s, an answer at all proves the proxy did not stall the body
     def post(method: str, path: str):
-        return lab.exec("tiefighter", ["curl", "-s", "-m", "5", "-X", method, "-H", "Expect: 100-continue",
-                                       "--data-binary", "@-", "-w", "\n%{http_code} %{time_total}",
-                                       f"http://{DEATHSTAR}{path}"], input=body)
+        return lab.exec("tiefighter", ["curl", "-s", "-m", "20", "--expect100-timeout", "60", "-X", method,
+                                       "-H", "Expect: 100-continue", "--data-binary", "@-",
+                                       "-w", "\n%{http_code}", f"http://{DEATHSTAR}{path}"], input=body)
 
     landed = post("POST", "/v1/request-landing").stdout.splitlines()
-    assert landed[0] == "Ship landed"
-    code, seconds = landed[-1].split()
-    assert code == "200" and float(seconds) < 0.9     # curl would wait 1 s for a 100 that never came
+    assert landed == ["Ship landed", "", "200"]   # the body's own newline, then curl's http_code
     denied = post("PUT", "/v1/exhaust-port").stdout.splitlines()
     assert denied[0] == "Access denied" and denied[-1].split()[0] == "403"
 
 
 def test_l7_policy_survives_an_agent_restart(lab, seed_policy):
     assert curl(lab, "tiefighter", "PUT", "/v1/exhaust-port").stdout.strip() == "Access denied"
-    os.kill(int(lab.status()["agent_pid"]), signal.SIGKILL)
-    time.sleep(0.3)
+    pid = int(lab.status()["agent_pid"])
+    os.kill(pid, signal.SIGKILL)
+    # the proxy's listener closes when the process has exited (gone, or a zombie waiting for its parent)
+    wait_until(lambda: not os.path.exists(f"/proc/{pid}") or _state(pid) == "Z", 10, f"agent {pid} to exit")
     # no proxy while the agent is down: the redirect fails closed (SOCKET_LOOKUP_FAILED), nothing bypasses it
     assert curl(lab, "tiefighter", "PUT", "/v1/exhaust-port", timeout=2).exit_code == 28
     again = wb.Lab.up(name=lab.name)             # a new agent adopts the lab and listens again
     assert curl(again, "tiefighter", "PUT", "/v1/exhaust-port").stdout.strip() == "Access denied"
     assert curl(again, "tiefighter", "POST", "/v1/request-landing").stdout == "Ship landed\n"
     assert 178 in {row["drop_reason"] for row in again.call("datapath.metrics") if row["verdict"] == "DROPPED"}
+
+
+def _state(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return "gone"
 
 
 FRAMING_BACKEND = textwrap.dedent("""

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import time
 import uuid
 
 import pytest
 
 import workbench as wb
+from tests.waiting import wait_until
 
 RULE1 = wb.example("rule1.yaml").read_text()
 LANDING = "curl -s -m 2 -XPOST deathstar.default.svc.cluster.local/v1/request-landing"
@@ -22,6 +22,14 @@ def lab():
         lab.down()
 
 
+def recorded_clients(lab) -> set[str]:
+    """The pods with a recorded connection start (what a replay judges) towards a deathstar pod."""
+    flows = lab.flows()
+    starts = flows[flows.event_type.astype(str).isin(["policy-verdict", "trace"])
+                   & flows.dst_pod.astype(str).str.startswith("deathstar")]
+    return set(starts.src_pod.astype(str))
+
+
 def test_dry_run_replays_recorded_flows_and_applies_nothing(lab):
     from IPython.testing.globalipapp import get_ipython
 
@@ -31,7 +39,9 @@ def test_dry_run_replays_recorded_flows_and_applies_nothing(lab):
     assert empty["replay"] == []   # nothing recorded yet
     for pod in ("xwing", "tiefighter"):
         assert lab.exec(pod, LANDING).stdout.strip() == "Ship landed"
-    time.sleep(1.0)   # the ring reader's batch
+    # the store has the flows once the agent's ring reader has taken its batch: wait for both clients'
+    wait_until(lambda: recorded_clients(lab) >= {"xwing", "tiefighter"}, 10,
+               "the recorded connections of xwing and tiefighter to the deathstar")
     before = lab.policy.map.to_dict(orient="records")
     outcome = shell.run_cell_magic("policy", f"--dry-run --lab {lab.name}", RULE1)
     assert lab.policy.map.to_dict(orient="records") == before and lab.policy.get().empty
