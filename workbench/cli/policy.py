@@ -93,14 +93,27 @@ def _audit(args: argparse.Namespace) -> MessageResult:
     return MessageResult(f"audit mode {args.state} for {', '.join(outcome['endpoints'])}", outcome)
 
 
+def _known_pod(lab: Lab, pod: str) -> None:
+    """Refuse a --pod naming no pod of the lab: an empty table would read as "no entries for it"."""
+    endpoints = lab.endpoints
+    names = set(endpoints.pod) | {f"{ns}/{name}" for ns, name in zip(endpoints.namespace, endpoints.pod, strict=True)}
+    if pod not in names:
+        raise NotFoundError(f"pod {pod} not found; pods: {', '.join(sorted(endpoints.pod)) or '(none)'}")
+
+
 def _explain(args: argparse.Namespace) -> TableResult:
-    return table_result(args, Lab(args.lab).policy.explain(args.pod, args.direction),
+    lab = Lab(args.lab)
+    if args.pod:
+        _known_pod(lab, args.pod)
+    return table_result(args, lab.policy.explain(args.pod, args.direction),
                         terminal_view=entries_view, sections=SECTION, empty_text="no policy entries")
 
 
 def _bpf_policy_get(args: argparse.Namespace) -> TableResult:
-    frame = Lab(args.lab).policy.map
+    lab = Lab(args.lab)
+    frame = lab.policy.map
     if args.pod:
+        _known_pod(lab, args.pod)
         frame = frame[frame.pod.str.endswith("/" + args.pod) | (frame.pod == args.pod)]
     return table_result(args, frame, terminal_view=bpf_policy_view, sections=SECTION,
                         empty_text="the policy map is empty")
