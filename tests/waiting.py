@@ -44,6 +44,25 @@ def wait_until(predicate: Callable[[], T], timeout: float, what: str, interval: 
         time.sleep(interval)
 
 
+def wait_exited(pid: int, timeout: float = 10) -> None:
+    """Wait until process ``pid`` has exited (gone, or a zombie its parent has not reaped yet).
+
+    A SIGKILLed process closes its sockets as it exits, a moment after the kill::
+
+        os.kill(pid, signal.SIGKILL)
+        wait_exited(pid)
+    """
+    wait_until(lambda: _state(pid) in ("gone", "Z"), timeout, f"process {pid} to exit")
+
+
+def _state(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return "gone"
+
+
 def _ready(value: object) -> bool:
     if value is None:
         return False

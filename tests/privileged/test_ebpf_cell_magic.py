@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 from IPython.core.error import UsageError
 
+from tests.waiting import wait_until
 from workbench.node import system
 from workbench.notebook import programs
 
@@ -602,9 +603,7 @@ int on_switch(struct bpf_raw_tracepoint_args *ctx) {
 
 def test_raw_tracepoint_counts_and_detaches(ip):
     prog = ip.run_cell_magic("ebpf", "raw_tracepoint sched_switch", RAW_SWITCHES)
-    time.sleep(0.2)
-    first = counts(prog, "switches")
-    assert first > 0
+    wait_until(lambda: counts(prog, "switches") > 0, 10, "a counted sched_switch")
     ip.run_line_magic("ebpf", "detach on_switch")
     assert programs.manager().names() == []
 

@@ -21,7 +21,7 @@ from datetime import UTC, datetime
 import pytest
 
 import workbench as wb
-from tests.waiting import wait_until
+from tests.waiting import wait_exited, wait_until
 from workbench.errors import ValidationError
 
 DEATHSTAR = "deathstar.default.svc.cluster.local"
@@ -464,22 +464,13 @@ def test_l7_policy_survives_an_agent_restart(lab, seed_policy):
     assert curl(lab, "tiefighter", "PUT", "/v1/exhaust-port").stdout.strip() == "Access denied"
     pid = int(lab.status()["agent_pid"])
     os.kill(pid, signal.SIGKILL)
-    # the proxy's listener closes when the process has exited (gone, or a zombie waiting for its parent)
-    wait_until(lambda: not os.path.exists(f"/proc/{pid}") or _state(pid) == "Z", 10, f"agent {pid} to exit")
+    wait_exited(pid)   # the proxy's listener closes as the process exits
     # no proxy while the agent is down: the redirect fails closed (SOCKET_LOOKUP_FAILED), nothing bypasses it
     assert curl(lab, "tiefighter", "PUT", "/v1/exhaust-port", timeout=2).exit_code == 28
     again = wb.Lab.up(name=lab.name)             # a new agent adopts the lab and listens again
     assert curl(again, "tiefighter", "PUT", "/v1/exhaust-port").stdout.strip() == "Access denied"
     assert curl(again, "tiefighter", "POST", "/v1/request-landing").stdout == "Ship landed\n"
     assert 178 in {row["drop_reason"] for row in again.call("datapath.metrics") if row["verdict"] == "DROPPED"}
-
-
-def _state(pid: int) -> str:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0]
-    except FileNotFoundError:
-        return "gone"
 
 
 FRAMING_BACKEND = textwrap.dedent("""

@@ -6,12 +6,12 @@ import json
 import socket
 import subprocess
 import sys
-import time
 import urllib.request
 import uuid
 from pathlib import Path
 
 import workbench as wb
+from tests.waiting import wait_until
 
 LANDING = "curl -s -XPOST deathstar.default.svc.cluster.local/v1/request-landing"
 
@@ -35,11 +35,9 @@ def test_capacity_metrics_port_and_archive(tmp_path: Path):
         status = lab.status()
         assert status["flow_capacity"] == 1_000_000
         lab.exec("tiefighter", LANDING, check=True)
-        time.sleep(1)
+        wait_until(lambda: len(lab.flows(from_pod="tiefighter", last=1000)) > 0, 10, "tiefighter's flows")
         text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
         assert "hubble_flows_processed_total" in text and "hubble_lost_events_total" in text
-        flows = lab.flows(from_pod="tiefighter", last=1000)
-        assert len(flows) > 0
     finally:
         lab.down()   # closes the archiver, which writes what it holds
     archived = wb.read_flows(str(archive))

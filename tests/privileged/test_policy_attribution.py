@@ -26,6 +26,7 @@ import pandas as pd
 import pytest
 
 import workbench as wb
+from tests.waiting import wait_exited
 from workbench.datapath import abi, build
 from workbench.datapath.cookies import COOKIE_FILE
 from workbench.node import state
@@ -188,8 +189,9 @@ def test_the_cookie_table_outlives_the_agent(clean: wb.Lab) -> None:
     named = {tuple(rows[c]) for c in pinned_cookies(lab.name)}
     assert named == {("default/rule1",), ("default/no-xwing",)}
 
-    os.kill(int(lab.status()["agent_pid"]), signal.SIGKILL)
-    time.sleep(0.3)
+    agent = int(lab.status()["agent_pid"])
+    os.kill(agent, signal.SIGKILL)
+    wait_exited(agent)
     assert {tuple(rows[c]) for c in pinned_cookies(lab.name)} == named   # the datapath kept its cookies
     again = wb.Lab.up(name=lab.name)               # a new agent adopts the lab and rewrites the policy
     assert json.loads(table.read_text())[:len(rows)] == rows   # the new agent kept every old cookie

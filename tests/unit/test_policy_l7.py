@@ -244,7 +244,11 @@ def test_explain_shows_the_http_rules_of_redirected_entries():
 
 
 def test_catastrophic_backtracking_patterns_match_in_linear_time():
-    """Python's re took 13 s for this pattern on 27 a's; RE2 has no backtracking."""
+    """Python's re took 13 s for this pattern on 27 a's; RE2 has no backtracking.
+
+    All six matches take 10-30 ms here; the bound only tells linear from
+    exponential (100 000 a's would never finish), with room for a slow machine.
+    """
     import time
 
     rule = HttpRule(path="/v1/(a+)+")
@@ -252,4 +256,4 @@ def test_catastrophic_backtracking_patterns_match_in_linear_time():
     for n in (27, 1000, 100_000):
         assert not rule.matches("GET", "/v1/" + "a" * n + "!", {})
         assert rule.matches("GET", "/v1/" + "a" * n, {})
-    assert time.perf_counter() - started < 1.0
+    assert time.perf_counter() - started < 5.0
