@@ -78,8 +78,7 @@ print(json.dumps({"unconnected": out, "connected": data, "connected_peer": list(
 """
 
 
-@pytest.fixture(scope="module")
-def echo_lab() -> Iterator[wb.Lab]:
+def _echo_lab() -> Iterator[wb.Lab]:
     name = f"t{uuid.uuid4().hex[:7]}"
     try:
         with wb.Lab.up(ECHO_LAB, name=name, pod_cidr="10.77.0.0/16", service_cidr="10.78.0.0/16") as lab:
@@ -87,6 +86,18 @@ def echo_lab() -> Iterator[wb.Lab]:
     finally:
         state.teardown(name)
         assert lab_inventory(name).empty()
+
+
+@pytest.fixture(scope="module")
+def echo_lab() -> Iterator[wb.Lab]:
+    """Shared by the tests that leave the lab as they found it (same pods, an agent up)."""
+    yield from _echo_lab()
+
+
+@pytest.fixture
+def own_echo_lab() -> Iterator[wb.Lab]:
+    """A lab of this test's own, for a test that changes the pods: the shared one stays as declared."""
+    yield from _echo_lab()
 
 
 def test_pods_use_the_configured_cidrs(echo_lab: wb.Lab) -> None:
@@ -158,15 +169,15 @@ def test_a_new_agent_adopts_the_running_lab(echo_lab: wb.Lab) -> None:
     assert lab.exec("client", "curl -s -m 3 http://echo/", check=True).stdout.startswith("{")
 
 
-def test_changed_manifests_after_a_crash_rebuild_with_the_same_identities(echo_lab: wb.Lab) -> None:
+def test_changed_manifests_after_a_crash_rebuild_with_the_same_identities(own_echo_lab: wb.Lab) -> None:
     import os
     import signal
 
-    before = dict(zip(echo_lab.endpoints["pod"], echo_lab.endpoints["identity"], strict=True))
-    os.kill(int(state.pid_path(echo_lab.name).read_text()), signal.SIGKILL)
+    before = dict(zip(own_echo_lab.endpoints["pod"], own_echo_lab.endpoints["identity"], strict=True))
+    os.kill(int(state.pid_path(own_echo_lab.name).read_text()), signal.SIGKILL)
     extra = ECHO_LAB + "---\napiVersion: v1\nkind: Pod\nmetadata: {name: extra, labels: {app: new}}\n" \
                        "spec: {containers: [{name: c, image: example.org/client}]}\n"
-    lab = wb.Lab.up(extra, name=echo_lab.name, pod_cidr="10.77.0.0/16", service_cidr="10.78.0.0/16")
+    lab = wb.Lab.up(extra, name=own_echo_lab.name, pod_cidr="10.77.0.0/16", service_cidr="10.78.0.0/16")
     assert lab.status()["adopted"] is False
     after = dict(zip(lab.endpoints["pod"], lab.endpoints["identity"], strict=True))
     assert {pod: after[pod] for pod in before} == before
