@@ -17,6 +17,7 @@ from collections.abc import Iterator
 import pandas as pd
 import pytest
 
+from tests.waiting import wait_until
 from workbench.datapath.ringreader import RingReader
 from workbench.datapath.testbed import Testbed
 from workbench.lab.model import Endpoint, Identity, PolicyEntry
@@ -52,6 +53,16 @@ def drain_into(reader: RingReader, store: FlowStore, bed: Testbed, settle: float
         reader.wait(0.05)
         store.ingest(reader.drain())
     store.set_datapath_lost(bed.datapath.lost_events())
+
+
+def wait_judged(bed: Testbed, dropped: int) -> None:
+    """Until the datapath has counted ``dropped`` policy drops: then every record of them is in the ring
+    (or counted lost), and what the reader sees next is complete. The veth hands datagrams on a moment later."""
+    def counted() -> bool:
+        m = bed.datapath.metrics()
+        return int(m[(m.verdict == "DROPPED") & (m.drop_reason == 133)].packets.sum()) >= dropped
+
+    wait_until(counted, 10, f"{dropped} policy drops counted by the datapath")
 
 
 @pytest.fixture(scope="module")
@@ -148,7 +159,7 @@ def test_lost_counter_rises_when_the_ring_overflows() -> None:
                     sender.sendto(b"x", (ds.ipv4, 53))
             finally:
                 sender.close()
-            time.sleep(0.1)
+            wait_judged(bed, 300)
             drain_into(reader, store, bed, settle=0.1)
         df = store.frame()
         assert 0 < len(df) < 600
@@ -175,8 +186,9 @@ def test_bulk_reader_follows_the_ring_through_many_wraps() -> None:
                         sent += 1
                 finally:
                     sender.close()
-                time.sleep(0.01)
+                time.sleep(0.01)   # paces the batches: the reader keeps up, the ring wraps without loss
                 store.ingest(reader.drain())
+            wait_judged(bed, sent)
             drain_into(reader, store, bed, settle=0.1)
         df = store.frame()
         assert store.lost_events == 0
