@@ -107,29 +107,54 @@ def test_rule1_flows_from_the_agent(lab, tmp_path):
 
 
 def test_follow_prints_new_flows_as_they_happen(lab):
+    """`observe --follow` prints a flow that happens after it started, through its polling loop.
+
+    Ready: with ``--last 1`` the follow loop first prints the newest stored flow, after
+    it took the store's sequence number, so every flow after that line is one the loop
+    must print. The traffic then goes to a port no flow of this lab has used yet.
+    """
     import json
     import queue
+    import random
     import threading
 
+    assert lab.exec("tiefighter", f"curl -s -m 3 -XPOST {URL}").exit_code == 0   # an old flow to print first
+    assert wait_for(lambda: len(remote.agent_flows(lab.name, from_pod="tiefighter")) or None) is not None
+    port = random.randrange(20000, 30000)
+    while len(remote.agent_flows(lab.name, port=port)):
+        port = random.randrange(20000, 30000)
+    deathstar = lab.endpoints.query("app == 'deathstar'").ipv4.iloc[0]
+
     proc = subprocess.Popen([sys.executable, "-m", "workbench", "observe", "--name", lab.name, "--follow",
-                             "--from-pod", "tiefighter", "--to-port", "80", "--since", "1s", "-o", "json"],
+                             "--from-pod", "tiefighter", "--last", "1", "-o", "json"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     lines: queue.Queue[str] = queue.Queue()
     threading.Thread(target=lambda: [lines.put(line) for line in proc.stdout], daemon=True).start()
+
+    def stderr() -> str:
+        return proc.stderr.read() if proc.poll() is not None else "(still running)"
+
     try:
-        time.sleep(1.5)   # the first poll has happened; what follows is new
-        assert lab.exec("tiefighter", f"curl -s -m 3 -XPOST {URL}").stdout.strip() == "Ship landed"
-        deadline = time.monotonic() + 10
-        flows = []
-        while time.monotonic() < deadline and not flows:
+        try:
+            first = json.loads(lines.get(timeout=60))     # the start of a Python process with pandas, on 2 cores
+        except queue.Empty:
+            pytest.fail(f"observe --follow printed nothing within 60 s; stderr: {stderr()}")
+        assert first["src_pod"] == "tiefighter" and first["dst_port"] != port
+        # the new flow: tiefighter to the fresh port (refused, or dropped by rule1 at the deathstar's ingress)
+        lab.exec("tiefighter", f"curl -s -m 2 http://{deathstar}:{port}/")
+        sent = time.monotonic()
+        fresh = []
+        while not fresh and time.monotonic() - sent < 10:
             try:
                 record = json.loads(lines.get(timeout=0.5))
             except queue.Empty:
                 continue
-            if "src_pod" in record:
-                flows.append(record)
-        assert flows, f"no flow printed by --follow; stderr: {proc.stderr.read() if proc.poll() is not None else ''}"
-        assert flows[0]["src_pod"] == "tiefighter" and flows[0]["dst_port"] == 80
+            assert record["src_pod"] == "tiefighter", record
+            if record["dst_port"] == port:
+                fresh.append(record)
+        assert fresh, f"no flow to port {port} printed by --follow within 10 s; stderr: {stderr()}"
+        assert fresh[0]["dst_ip"] == deathstar and fresh[0]["protocol"] == "TCP"
+        assert proc.poll() is None                         # still following
     finally:
         proc.terminate()
         proc.wait(timeout=10)
