@@ -37,7 +37,7 @@ ALLIANCE_ONLY = cnp("rule1", """
     - fromEndpoints: [{matchLabels: {org: alliance}}]
       toPorts: [{ports: [{port: "80", protocol: TCP}]}]
     """, namespace="default")
-ECHO_ONLY = cnp("onlyxwing", """
+XWING_FROM_TIEFIGHTER = cnp("onlyxwing", """
     endpointSelector: {matchLabels: {class: xwing}}
     ingress:
     - fromEndpoints: [{matchLabels: {class: tiefighter}}]
@@ -309,7 +309,7 @@ def test_policy_delete_by_name_and_all(lab: str, tmp_path: Path) -> None:
     assert cli_json("policy", "get", "--lab", lab) == [] and cli_json("bpf", "policy", "get", "--lab", lab) == []
     assert curl(lab, "xwing").stdout.strip() == "Ship landed"
     extra = tmp_path / "extra.yaml"
-    extra.write_text(ECHO_ONLY)
+    extra.write_text(XWING_FROM_TIEFIGHTER)
     cli("policy", "apply", str(RULE1), str(extra), "--lab", lab)
     assert len(cli_json("policy", "get", "--lab", lab)) == 2
     deleted = cli_json("policy", "delete", "--all", "--lab", lab)["deleted"]
