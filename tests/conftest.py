@@ -6,6 +6,8 @@
   root; with WORKBENCH_REQUIRE_PRIVILEGED=1 (CI) such a skip is a failure.
 - tests/security: the adversarial suite, privileged the same way, except
   modules marked ``unprivileged`` (pure parsers, the CLI's argument handling).
+- The ``bench`` tier (fresh benchmark runs) is left out unless selected:
+  ``pytest -m bench``.
 - After the session, any `wb-*` netns, pin under /sys/fs/bpf/workbench,
   workbench cgroup, /etc/netns hosts dir or new TC/XDP attachment in the host
   netns fails the run.
@@ -29,6 +31,12 @@ def is_root() -> bool:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    # the bench tier measures for minutes: only a run that names it (-m bench) gets it, so make test stays short
+    if "bench" not in (config.getoption("markexpr") or ""):
+        benches = [item for item in items if item.get_closest_marker("bench")]
+        if benches:
+            items[:] = [item for item in items if not item.get_closest_marker("bench")]
+            config.hook.pytest_deselected(items=benches)
     for item in items:
         path = str(item.fspath)
         in_security = f"{os.sep}security{os.sep}" in path and not item.get_closest_marker("unprivileged")

@@ -1,7 +1,15 @@
-"""The committed benchmark results (a real run's output) follow bench/README.md's schema."""
+"""Benchmark results follow bench/README.md's schema: the committed file, and a fresh quick run.
+
+The fresh run is the ``bench`` tier: minutes of measuring, so ``make test``
+leaves it out; run it with ``.venv/bin/pytest -m bench tests/unit/test_bench_schema.py``
+(as root: the datapath and lab sections build real labs).
+"""
 
 import json
+import os
 from pathlib import Path
+
+import pytest
 
 from bench.figures import SECTIONS, figure, iter_figures, validate
 
@@ -27,3 +35,19 @@ def test_validate_finds_broken_figures():
     assert validate(doc) == ["l7.bad: min <= median <= max does not hold"]
     del doc["ingest"]
     assert "missing top-level key 'ingest'" in validate(doc)
+
+
+@pytest.mark.bench
+@pytest.mark.parametrize("section", SECTIONS)
+def test_a_fresh_quick_run_follows_the_schema(section):
+    if os.geteuid() != 0:
+        pytest.skip("the bench sections need root (real labs, eBPF)")
+    from bench.__main__ import run_all
+
+    doc = run_all(quick=True, only=[section])   # in process: results/latest.json is not touched
+    assert "error" not in doc[section], doc[section].get("traceback", doc[section])
+    assert validate(doc) == []
+    figures = list(iter_figures({section: doc[section]}))
+    assert figures, f"the {section} section measured no figure"
+    for path, fig in figures:
+        assert fig["samples"] >= 1 and fig["unit"], path
