@@ -71,6 +71,18 @@ def counts(lab: wb.Lab) -> tuple[int, int]:
     return int(status["seen"]), int(status["lost_events"])
 
 
+def settled_counts(lab: wb.Lab) -> tuple[int, int]:
+    """(seen, lost) once two reads a poll interval apart agree: nothing of an earlier step is still coming."""
+    previous = counts(lab)
+    for _ in range(30):
+        time.sleep(1.1)
+        now = counts(lab)
+        if now == previous:
+            return now
+        previous = now
+    raise AssertionError(f"the flow counters never settled (last {previous})")
+
+
 def wait_for(predicate, timeout: float = 15.0, what: str = "condition"):
     deadline = time.monotonic() + timeout
     while True:
@@ -90,15 +102,18 @@ def test_a_full_archive_disk_is_reported_counted_and_never_stops_ingest(full_tmp
         lab.policy.apply(wb.example("rule1.yaml"))   # deathstar ingress: only TCP/80 from the empire
         endpoints = lab.endpoints
         deathstar = str(endpoints[endpoints.pod.str.startswith("deathstar")].ipv4.iloc[0])
-        time.sleep(1.5)   # let the counters settle (they are polled every second)
-        seen0, lost0 = counts(lab)
+        seen0, lost0 = settled_counts(lab)   # the counters are polled every second
 
         out = lab.exec("tiefighter", [sys.executable, "-c", FLOOD, deathstar, str(FLOOD_SECONDS)],
                        check=True, timeout=60).stdout
         sent, _failed = (int(x) for x in out.split())
         assert sent > 1000, f"the flood sent only {sent} datagrams"
-        time.sleep(2.5)   # the reader drains, the lost-event counter is polled
-        seen1, lost1 = counts(lab)
+        def covered() -> tuple[int, int] | None:   # the reader drains, the lost-event counter is polled
+            seen, lost_now = counts(lab)
+            return (seen, lost_now) if (seen - seen0) + (lost_now - lost0) >= sent else None
+
+        wait_for(covered, what=f"an event for each of the {sent} datagrams, ingested or lost")
+        seen1, lost1 = settled_counts(lab)   # the lost counter is polled: let its last update land
         ingested, lost = seen1 - seen0, lost1 - lost0
         print(f"flood: {sent} datagrams sent, {ingested} events ingested, {lost} lost by the ring")
 
