@@ -160,8 +160,11 @@ def compile_policies(documents: Iterable[PolicyDocument], endpoints: list[Endpoi
         (c for d in documents for s in d.specs for r in s.rules if r.peers for c in r.peers.cidrs),
         previous_cidr_identities, exclude=(f"{ep.ipv4}/32" for ep in endpoints))
     universe = _identity_universe(endpoints, identities)
+    # CIDR identities are labelled reserved:world too, so a selector on that label selects every external
+    # address, also one inside a prefix that some other policy names (as the world entity does).
+    selectable = {**universe, **{n: cidr_labels(p) for p, n in cidr_ids.items() if n >= LOCAL_IDENTITY_SCOPE}}
     resolver = _PeerResolver(
-        {n: _with_namespace_labels(labels, namespaces) for n, labels in universe.items()}, cidr_ids, endpoints)
+        {n: _with_namespace_labels(labels, namespaces) for n, labels in selectable.items()}, cidr_ids, endpoints)
 
     enforced: set[tuple[int, Direction]] = set()
     sources: dict[tuple[EntryKey, bool], set[str]] = defaultdict(set)
