@@ -496,7 +496,12 @@ def test_reserved_selector_is_not_namespaced() -> None:
 
 
 def test_random_policies_lookup_agrees_with_meaning() -> None:
-    """resolve_deny: for mixed allow/deny rules the most specific entry is always right."""
+    """resolve_deny: for mixed allow/deny rules the most specific entry is always right.
+
+    This checks deny precedence only: ``oracle()`` reads the compiler's own entries, so it
+    cannot notice an entry that is wrong in itself. test_policy_reference.py compares the
+    compiled map with a reference written from docs/policy.md instead.
+    """
     import random
 
     rng = random.Random(7)
