@@ -4,15 +4,13 @@ destination's connection; first packets are still judged by the destination's po
 
 from __future__ import annotations
 
-import ctypes
-import os
 import socket
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
+from workbench.datapath.progstats import run_time_stats
 from workbench.datapath.testbed import Testbed
 from workbench.lab.model import PolicyEntry
 
@@ -27,36 +25,16 @@ def bed() -> Iterator[Testbed]:
         yield tb
 
 
-# bpf(2): BPF_ENABLE_STATS turns on run counting only while its fd is open (the kernel drops it when the
-# fd closes, also if the test dies), never touching the machine's kernel.bpf_stats_enabled setting
-SYS_BPF = {"x86_64": 321, "aarch64": 280}[os.uname().machine]
-BPF_ENABLE_STATS = 32
-BPF_STATS_RUN_TIME = 0
-
-
 @pytest.fixture
 def bpf_stats() -> Iterator[None]:
-    libc = ctypes.CDLL(None, use_errno=True)
-    attr = ctypes.create_string_buffer(16)
-    ctypes.c_uint32.from_buffer(attr, 0).value = BPF_STATS_RUN_TIME
-    fd = libc.syscall(SYS_BPF, BPF_ENABLE_STATS, attr, ctypes.sizeof(attr))
-    if fd < 0:
-        raise OSError(ctypes.get_errno(), "BPF_ENABLE_STATS failed")
-    try:
+    """Run counting only while the test runs (a file descriptor, never the machine's sysctl)."""
+    with run_time_stats():
         yield
-    finally:
-        os.close(fd)
 
 
 def run_counts(bed: Testbed) -> dict[str, int]:
-    """Runs of this bed's own two programs (run_cnt in the fdinfo of the program fds this process holds):
-    other labs' programs of the same name, on the same machine, never count."""
-    counts = {}
-    for name in ("from_container", "to_container"):
-        fd = bed.datapath._programs[name].fd
-        fields = dict(line.split(":", 1) for line in Path(f"/proc/self/fdinfo/{fd}").read_text().splitlines())
-        counts[name] = int(fields["run_cnt"])
-    return counts
+    """Runs of this bed's own two programs (their own fds' figures): other labs' programs never count."""
+    return {name: bed.datapath.program_stats(name).run_cnt for name in ("from_container", "to_container")}
 
 
 def echo_many(bed: Testbed, src: str, dst: str, n: int) -> int:

@@ -26,6 +26,7 @@ from pyroute2.netlink.exceptions import NetlinkError
 from workbench.datapath import abi, build
 from workbench.datapath.cookies import PolicyCookies
 from workbench.datapath.policymap import PolicyMapWriter
+from workbench.datapath.progstats import ProgramStats, program_fd_stats
 from workbench.errors import NotFoundError
 from workbench.lab.model import Endpoint
 from workbench.node import netlink
@@ -205,6 +206,15 @@ class Datapath:
         from workbench.datapath.conntrack import conntrack_table
 
         return conntrack_table(self.bpf)
+
+    def program_stats(self, name: str) -> ProgramStats:
+        """The kernel's run time and run count of this datapath's program ``name`` ("from_container",
+        "to_container"); counted only while :func:`~workbench.datapath.progstats.run_time_stats` is on."""
+        return program_fd_stats(self._programs[name].fd)
+
+    def program_fd(self, name: str) -> int:
+        """The file descriptor of this datapath's program ``name`` (e.g. for BPF_PROG_TEST_RUN)."""
+        return int(self._programs[name].fd)
 
     def lost_events(self) -> int:
         """Ring-buffer records the programs could not reserve (all CPUs)."""
