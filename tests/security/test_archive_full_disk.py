@@ -22,6 +22,7 @@ import pytest
 
 import workbench as wb
 from tests.security.conftest import lab_name
+from tests.waiting import wait_until
 from workbench.observe.metrics import metric_value, metrics_frame
 
 FLOOD_SECONDS = 2.0
@@ -83,17 +84,6 @@ def settled_counts(lab: wb.Lab) -> tuple[int, int]:
     raise AssertionError(f"the flow counters never settled (last {previous})")
 
 
-def wait_for(predicate, timeout: float = 15.0, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.2)
-
-
 def test_a_full_archive_disk_is_reported_counted_and_never_stops_ingest(full_tmpfs: tuple[Path, Path]):
     mount, filler = full_tmpfs
     archive = mount / "flows"
@@ -112,7 +102,7 @@ def test_a_full_archive_disk_is_reported_counted_and_never_stops_ingest(full_tmp
             seen, lost_now = counts(lab)
             return (seen, lost_now) if (seen - seen0) + (lost_now - lost0) >= sent else None
 
-        wait_for(covered, what=f"an event for each of the {sent} datagrams, ingested or lost")
+        wait_until(covered, 15, f"an event for each of the {sent} datagrams, ingested or lost")
         seen1, lost1 = settled_counts(lab)   # the lost counter is polled: let its last update land
         ingested, lost = seen1 - seen0, lost1 - lost0
         print(f"flood: {sent} datagrams sent, {ingested} events ingested, {lost} lost by the ring")
@@ -125,7 +115,7 @@ def test_a_full_archive_disk_is_reported_counted_and_never_stops_ingest(full_tmp
         assert len(denied) >= min(sent, ingested) // 2, (len(denied), sent, ingested)
 
         # flows.status: the error, one line, naming the file; the archive's own drop counter.
-        status = wait_for(lambda: (s := lab.call("flows.status"))["archive_error"] and s, what="an archive error")
+        status = wait_until(lambda: (s := lab.call("flows.status"))["archive_error"] and s, 15, "an archive error")
         assert status["archive"] == str(archive)
         assert status["archive_error"].startswith(f"archive: No space left on device writing {archive}/flows-")
         assert status["archive_error"].endswith(".parquet") and "\n" not in status["archive_error"]
@@ -159,8 +149,8 @@ def test_a_full_archive_disk_is_reported_counted_and_never_stops_ingest(full_tmp
         filler.unlink()
         lab.exec("tiefighter", "curl -s -m 2 -XPOST deathstar.default.svc.cluster.local/v1/request-landing",
                  check=True)
-        recovered = wait_for(lambda: (s := lab.call("flows.status"))["archive_error"] is None
-                             and s["archive_rows"] > 0 and s, what="the archive to write again")
+        recovered = wait_until(lambda: (s := lab.call("flows.status"))["archive_error"] is None
+                               and s["archive_rows"] > 0 and s, 15, "the archive to write again")
         assert recovered["archive_detail"]["last_error"].startswith("archive: No space left on device")
         assert metric_value(metrics_frame(lab.metrics_text()), "workbench_archive_failing") == 0
     finally:
