@@ -45,8 +45,11 @@ ATTACKER = textwrap.dedent("""
     if soft < need:
         resource.setrlimit(resource.RLIMIT_NOFILE, (need, max(hard, need)))
 
-    def open_many(n, batch=500):
-        # a batch at a time: a burst beyond the listen backlog would wait for SYN retries
+    def open_many(n, batch=500, refused_ok=False):
+        # a batch at a time: a burst beyond the listen backlog would wait for SYN retries.
+        # refused_ok: the proxy may reset a connection before we look at it (it is beyond the
+        # bound), so a pending ECONNRESET is an answer, not a failed connect
+
         connected = {}
         for first in range(0, n, batch):
             socks = []
@@ -65,7 +68,8 @@ ATTACKER = textwrap.dedent("""
                     connected[key.fileobj] = time.monotonic()
                     done += 1
             assert done == len(socks), f"{len(socks) - done} connections did not complete"
-            assert all(s.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) == 0 for s in socks)
+            if not refused_ok:
+                assert all(s.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) == 0 for s in socks)
         return connected
 
     def closed_now(s):
@@ -121,7 +125,7 @@ ATTACKER = textwrap.dedent("""
         fillers = open_many(count)
         print("filled", flush=True)
         assert sys.stdin.readline().strip() == "go"
-        extras = open_many(EXTRA)
+        extras = open_many(EXTRA, refused_ok=True)
         time.sleep(1.0)
         print(json.dumps({"extras": EXTRA, "extras_closed": sum(closed_now(s) for s in extras),
                           "fillers_open": sum(not closed_now(s) for s in fillers)}), flush=True)
@@ -255,7 +259,7 @@ def test_connections_beyond_the_bound_are_reset_at_once_and_counted(lab, attacke
         assert proc.stdin is not None and proc.stdout is not None
         proc.stdin.write("go\n")
         proc.stdin.flush()
-        report = json.loads(proc.stdout.readline())
+        report = json.loads(expect_line(proc, "{"))
         # an honest client is refused at once as well, not left waiting
         refused = normal_requests(lab, 1)[0]
         counted = l7(lab)
