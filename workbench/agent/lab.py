@@ -1,9 +1,11 @@
 """Building a lab from its spec, or adopting the running lab of a dead agent.
 
-Building: the node and world netns, then the services (``Services.start``),
-then one endpoint per pod (netns, veth, cgroup, identity, ipcache entry; the
-services are told about each), the service frontends, the hosts files, and
-last the pods' apps. Adopting: the same services over the pods, maps and
+Building: the lab's cluster DNS joins the spec (``lab/clusterdns.py``: the
+kube-system/kube-dns pod and service), the node and world netns (with the
+external hosts' addresses), then the services (``Services.start``), then one
+endpoint per pod (netns, veth, cgroup, identity, ipcache entry; the services
+are told about each), the service frontends, the hosts and resolv.conf files,
+the DNS records file, and last the pods' apps (kube-dns's DNS server among them). Adopting: the same services over the pods, maps and
 programs that are still there (the datapath never paused), and the apps
 whose process died are started again.
 """
@@ -23,13 +25,15 @@ from workbench.agent.context import LabContext
 from workbench.agent.services import Services
 from workbench.datapath import build
 from workbench.errors import WorkbenchError
+from workbench.lab.clusterdns import DNS_APP, dns_service_ip, resolv_conf, with_cluster_dns
+from workbench.lab.dnsrecords import RECORDS_FILE, lab_records, records_json
 from workbench.lab.identity import identity_labels
-from workbench.lab.ipam import BASE_IPCACHE, WORLD_HOST, AddressPool
-from workbench.lab.manifests import PodSpec, ServiceSpec
+from workbench.lab.ipam import BASE_IPCACHE, AddressPool
+from workbench.lab.manifests import PodSpec
 from workbench.lab.model import Endpoint, Service, ServicePort
 from workbench.lab.services import Frontend, build_frontends, to_model
 from workbench.node import state, topology
-from workbench.node.processes import app_argv, spawn_in_pod
+from workbench.node.processes import app_argv, dns_app_argv, spawn_in_pod
 
 APP_READY_TIMEOUT = 20.0
 
@@ -56,12 +60,16 @@ def join_cgroup(lab: str, name: str) -> None:
 
 
 def build_lab(ctx: LabContext, start_services: Callable[[LabContext], Services], clock: PhaseClock) -> Services:
-    """Create everything of ``ctx.spec``; returns the started services."""
+    """Create everything of ``ctx.spec`` (plus the lab's cluster DNS); returns the started services."""
+    ctx.spec = with_cluster_dns(ctx.spec, ctx.service_cidr)
     for cidr, identity in BASE_IPCACHE.items():
         build.ipcache_set(ctx.maps, cidr, identity)
     clock.mark("maps_and_socket_lb")
     topology.create_node(ctx.lab)
     topology.create_world(ctx.lab, [ctx.pod_cidr, ctx.service_cidr])
+    external_ips = [host.ip for host in ctx.spec.external_hosts]
+    if external_ips:    # they stay "world" in the ipcache (the 0.0.0.0/0 and 192.0.2.0/24 entries)
+        topology.add_external_hosts(ctx.lab, external_ips)
     clock.mark("node")
     services = start_services(ctx)
     clock.mark("services")
@@ -72,13 +80,14 @@ def build_lab(ctx: LabContext, start_services: Callable[[LabContext], Services],
             cluster_ips.reserve(svc.cluster_ip)
     service_ips = [(svc, svc.cluster_ip or cluster_ips.allocate()) for svc in ctx.spec.services]
     pods = [(pod, pod_ips.allocate()) for pod in ctx.spec.pods]
-    cidrs = topology.lab_cidrs(ctx.pod_cidr, ctx.service_cidr)
+    cidrs = topology.lab_cidrs(ctx.pod_cidr, ctx.service_cidr, external_ips)
     for ep_id, (pod, ip) in enumerate(pods, start=1):
         services.attach_endpoint(create_endpoint(ctx, ep_id, pod, ip, cidrs))
     ctx.frontends = build_frontends(service_ips, pods)
     ctx.lb.set_frontends(ctx.frontends)
     ctx.services = [to_model(svc, ip, ctx.frontends) for svc, ip in service_ips]
-    write_hosts_files(ctx, service_ips)
+    write_hosts_files(ctx)
+    write_dns_records(ctx)
     clock.mark("pods")
     start_apps(ctx)
     clock.mark("apps")
@@ -88,6 +97,7 @@ def build_lab(ctx: LabContext, start_services: Callable[[LabContext], Services],
 def adopt_lab(ctx: LabContext, start_services: Callable[[LabContext], Services]) -> Services:
     """Take over the lab a dead agent left running, from its state.json."""
     saved = json.loads((ctx.dir / "state.json").read_text())
+    ctx.spec = with_cluster_dns(ctx.spec, ctx.service_cidr)
     services = start_services(ctx)
     for data in saved["endpoints"]:
         ep = Endpoint(**{k: v for k, v in data.items() if k in Endpoint.__dataclass_fields__})
@@ -101,6 +111,7 @@ def adopt_lab(ctx: LabContext, start_services: Callable[[LabContext], Services])
     ctx.frontends = [Frontend(**{**f, "backends": [tuple(b) for b in f["backends"]]})
                      for f in saved.get("frontends", [])]
     ctx.lb.set_frontends(ctx.frontends)
+    write_dns_records(ctx)
     start_apps(ctx, only_dead=True)
     return services
 
@@ -137,17 +148,24 @@ def create_endpoint(ctx: LabContext, ep_id: int, pod: PodSpec, ip: str, cidrs: l
     return ep
 
 
-def write_hosts_files(ctx: LabContext, services: list[tuple[ServiceSpec, str]]) -> None:
+def write_hosts_files(ctx: LabContext) -> None:
+    """Each pod's hosts file (localhost and its own name, as the kubelet writes it) and a resolv.conf
+    that sends every lookup to the lab's DNS service (search path and ndots as Kubernetes')."""
+    nameserver = dns_service_ip(ctx.service_cidr)
     for ep in ctx.endpoints.values():
-        entries: list[tuple[str, list[str]]] = [(ep.ipv4, [ep.pod])]
-        for svc, ip in services:
-            names = [f"{svc.name}.{svc.namespace}.svc.cluster.local", f"{svc.name}.{svc.namespace}.svc",
-                     f"{svc.name}.{svc.namespace}"]
-            if svc.namespace == ep.namespace:
-                names.append(svc.name)
-            entries.append((ip, names))
-        entries.append((WORLD_HOST, ["world", "world.lab"]))
-        topology.write_hosts(ep.netns, entries)
+        topology.write_hosts(ep.netns, [(ep.ipv4, [ep.pod])], resolv_conf(ep.namespace, nameserver))
+
+
+def dns_records_path(ctx: LabContext) -> Path:
+    return ctx.dir / RECORDS_FILE
+
+
+def write_dns_records(ctx: LabContext) -> None:
+    """The names the lab's DNS server answers, replaced atomically (the server re-reads a changed file)."""
+    text = records_json(lab_records(ctx.services, ctx.endpoints.values(), ctx.spec.external_hosts))
+    tmp = dns_records_path(ctx).with_suffix(".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, dns_records_path(ctx))
 
 
 def start_apps(ctx: LabContext, only_dead: bool = False) -> None:
@@ -158,8 +176,11 @@ def start_apps(ctx: LabContext, only_dead: bool = False) -> None:
     pending: dict[int, str] = {}
     world_cg = state.lab_cgroup(ctx.lab) / state.WORLD_CGROUP
     world_cg.mkdir(parents=True, exist_ok=True)
+    # The world's echo serves every external host too (on all of its addresses), with their ports.
+    world_ports = {(80, "TCP"), (80, "UDP")} | {(port, "TCP") for host in ctx.spec.external_hosts
+                                                for port in host.ports}
     jobs: list[tuple[str, str, Path, str, list[tuple[int, str]]]] = [
-        ("world", topology.world_netns(ctx.lab), world_cg, "echo", [(80, "TCP"), (80, "UDP")])]
+        ("world", topology.world_netns(ctx.lab), world_cg, "echo", sorted(world_ports))]
     pods = {p.name: p for p in ctx.spec.pods}
     for ep in ctx.endpoints.values():
         if ep.app == "idle":
@@ -172,7 +193,7 @@ def start_apps(ctx: LabContext, only_dead: bool = False) -> None:
         if only_dead and (cgroup / "cgroup.procs").read_text().strip():
             continue
         read_fd, write_fd = os.pipe()
-        spawn_in_pod(netns, cgroup, app_argv(app, name, ports, write_fd), state.pod_log(ctx.lab, name),
+        spawn_in_pod(netns, cgroup, _app_command(ctx, name, app, ports, write_fd), state.pod_log(ctx.lab, name),
                      pass_fds=(write_fd,))
         os.close(write_fd)
         pending[read_fd] = name
@@ -190,3 +211,13 @@ def start_apps(ctx: LabContext, only_dead: bool = False) -> None:
                 log = state.pod_log(ctx.lab, name)
                 tail = log.read_text().strip().splitlines()[-1:] if log.exists() else []
                 raise WorkbenchError(f"the app of {name} failed to start: {' '.join(tail) or 'no output'}")
+
+
+def _app_command(ctx: LabContext, name: str, app: str, ports: list[tuple[int, str]], ready_fd: int) -> list[str]:
+    if app == DNS_APP:
+        return dns_app_argv(name, dns_records_path(ctx), ready_fd)
+    argv = app_argv(app, name, ports, ready_fd)
+    if name == "world":
+        for host in ctx.spec.external_hosts:
+            argv += ["--external-host", f"{host.ip}={host.hostname}"]
+    return argv

@@ -17,6 +17,7 @@ import signal
 import sys
 import time
 import traceback
+from dataclasses import asdict
 from typing import Any
 
 from workbench.agent.api import LocalAPI
@@ -26,6 +27,7 @@ from workbench.agent.services import Services
 from workbench.datapath import build
 from workbench.datapath.socketlb import SocketLB
 from workbench.errors import WorkbenchError
+from workbench.lab.clusterdns import dns_service_ip
 from workbench.lab.ipam import WORLD_HOST
 from workbench.lab.model import Endpoint
 from workbench.lab.names import check_lab_name
@@ -111,7 +113,9 @@ class Agent:
         if ctx is not None:
             status.update({"pods": len(ctx.endpoints), "services": len(ctx.services),
                            "identities": len(ctx.identities.all()), "pod_cidr": ctx.pod_cidr,
-                           "service_cidr": ctx.service_cidr, "warnings": ctx.spec.warnings})
+                           "service_cidr": ctx.service_cidr, "warnings": ctx.spec.warnings,
+                           "cluster_dns": dns_service_ip(ctx.service_cidr),
+                           "external_hosts": [asdict(host) for host in ctx.spec.external_hosts]})
         if self.services is not None:
             status.update(self.services.status_fields())
         return status

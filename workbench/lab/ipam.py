@@ -19,6 +19,9 @@ DEFAULT_SERVICE_CIDR = "10.96.0.0/16"
 WORLD_CIDR = "192.0.2.0/24"
 WORLD_HOST = "192.0.2.10"
 WORLD_GATEWAY = "192.0.2.1"     # the node's end of the world link
+# ExternalHost addresses (manifests.py): in the world netns, on the documentation ranges TEST-NET-1 and -2.
+EXTERNAL_CIDR = "198.51.100.0/24"
+EXTERNAL_HOST_CIDRS = (WORLD_CIDR, EXTERNAL_CIDR)
 POD_GATEWAY = "169.254.1.1"     # on every lxc in the node netns; pods route lab CIDRs through it
 FIRST_HOST_OFFSET = 10          # low addresses stay free, as on a real node
 # Prefixes the agent maps itself in the ipcache (prefix -> identity); policy CIDR identities go on top.
@@ -70,9 +73,11 @@ def check_lab_cidrs(pod_cidr: str, service_cidr: str) -> None:
         if not net.is_private or net.prefixlen < 8:
             raise ValidationError(f"{label} {cidr} must be a private range of /8 or smaller")
         nets[label] = net
-    world = ipaddress.IPv4Network(WORLD_CIDR)
     pod, svc = nets["pod CIDR"], nets["service CIDR"]
-    for a, b, what in ((pod, svc, "pod and service CIDRs"), (pod, world, "pod CIDR and the lab world"),
-                       (svc, world, "service CIDR and the lab world")):
+    pairs = [(pod, svc, "pod and service CIDRs")]
+    for cidr in EXTERNAL_HOST_CIDRS:      # the world's ranges, where external hosts live
+        world = ipaddress.IPv4Network(cidr)
+        pairs += [(pod, world, "pod CIDR and the lab world"), (svc, world, "service CIDR and the lab world")]
+    for a, b, what in pairs:
         if a.overlaps(b):
             raise ValidationError(f"the {what} overlap ({a}, {b})")

@@ -1,7 +1,8 @@
 """Kubernetes manifests -> the lab's pods, services and namespaces.
 
 Supports v1 Namespace, v1 Pod, apps/v1 Deployment and v1 Service from
-multi-document YAML. Everything is validated before anything is created:
+multi-document YAML, and the lab's own workbench.dev/v1 ExternalHost (a named
+host of the lab's world, docs/dns.md). Everything is validated before anything is created:
 an error names the document (source, index, kind/name) and the field path,
 e.g. ``spec.template.spec.containers[0].ports[0].containerPort``. Unknown kinds
 and unknown fields are skipped with a warning.
@@ -16,6 +17,7 @@ Example::
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import json
 import re
 from dataclasses import asdict, dataclass, field
@@ -23,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from workbench.errors import ValidationError
+from workbench.lab.ipam import EXTERNAL_HOST_CIDRS, WORLD_GATEWAY, WORLD_HOST
 from workbench.lab.model import PORT_NAME
 from workbench.lab.yamldocs import MalformedYAML, load_yaml_documents, read_text_file
 
@@ -47,7 +50,18 @@ _KNOWN_CONTAINER = {"name", "image", "ports", "command", "args", "env", "envFrom
                     "resources", "volumeMounts", "livenessProbe", "readinessProbe", "startupProbe",
                     "securityContext", "workingDir", "lifecycle", "stdin", "tty", "terminationMessagePath",
                     "terminationMessagePolicy", "volumeDevices"}
-SUPPORTED_KINDS = {("v1", "Namespace"), ("v1", "Pod"), ("apps/v1", "Deployment"), ("v1", "Service")}
+SUPPORTED_KINDS = {("v1", "Namespace"), ("v1", "Pod"), ("apps/v1", "Deployment"), ("v1", "Service"),
+                   ("workbench.dev/v1", "ExternalHost")}
+
+# The lab's own DNS service (workbench/lab/clusterdns.py adds it to every lab; a manifest may not define it).
+CLUSTER_DOMAIN = "cluster.local"
+KUBE_DNS_NAME = "kube-dns"
+KUBE_DNS_NAMESPACE = "kube-system"
+# External hosts live on the documentation ranges behind the lab's world link (never routed on the internet),
+# minus the addresses the lab uses itself there: the node's world0 and the world host.
+EXTERNAL_HOST_RESERVED = {WORLD_GATEWAY: "the node's world link", WORLD_HOST: "the world host"}
+DEFAULT_EXTERNAL_TTL = 30
+_KNOWN_EXTERNAL_SPEC = {"hostname", "ip", "ports", "ttl"}
 
 
 @dataclass
@@ -88,6 +102,20 @@ class ServiceSpec:
 
 
 @dataclass
+class ExternalHostSpec:
+    """A host outside the cluster, by name: an address of the lab's world netns serving HTTP on ``ports``.
+
+    Pods resolve ``hostname`` through the lab's DNS service (answer TTL ``ttl``).
+    """
+
+    name: str                    # metadata.name of the ExternalHost document
+    hostname: str                # e.g. api.github.com
+    ip: str                      # in 192.0.2.0/24 or 198.51.100.0/24
+    ports: list[int] = field(default_factory=lambda: [80])
+    ttl: int = DEFAULT_EXTERNAL_TTL
+
+
+@dataclass
 class LabSpec:
     """Everything a lab is made of, validated. Crosses to the agent as JSON."""
 
@@ -95,6 +123,7 @@ class LabSpec:
     pods: list[PodSpec] = field(default_factory=list)
     services: list[ServiceSpec] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    external_hosts: list[ExternalHostSpec] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -104,7 +133,8 @@ class LabSpec:
         pods = [PodSpec(**{**p, "ports": [ContainerPort(**c) for c in p["ports"]]}) for p in data["pods"]]
         services = [ServiceSpec(**{**s, "ports": [ServicePortSpec(**sp) for sp in s["ports"]]})
                     for s in data["services"]]
-        return cls(dict(data["namespaces"]), pods, services, list(data.get("warnings", [])))
+        hosts = [ExternalHostSpec(**{**h, "ports": list(h["ports"])}) for h in data.get("external_hosts", [])]
+        return cls(dict(data["namespaces"]), pods, services, list(data.get("warnings", [])), hosts)
 
 
 class _Doc:
@@ -357,8 +387,65 @@ def _parse_namespace(doc: _Doc, spec: LabSpec) -> None:
     spec.namespaces[name] = {**labels, NAMESPACE_NAME_LABEL: name}
 
 
+def _external_hostname(doc: _Doc, obj: Any, path: str) -> str:
+    value = doc.string(obj, path).rstrip(".").lower()
+    labels = value.split(".")
+    if (len(value) > 253 or len(labels) < 2 or not all(_DNS_LABEL.match(label) and len(label) <= 63
+                                                        for label in labels)):
+        raise doc.fail(path, f"{obj!r} is not a valid DNS name (dot-separated labels of lowercase letters, "
+                             "digits and '-', at least two labels)")
+    if labels[-1].isdigit():
+        raise doc.fail(path, f"{obj!r} is not a host name (its last label is a number, like an IP address)")
+    if value == CLUSTER_DOMAIN or value.endswith("." + CLUSTER_DOMAIN):
+        raise doc.fail(path, f"{value!r} is inside {CLUSTER_DOMAIN}, which the lab's DNS service answers "
+                             "from its pods and services")
+    return value
+
+
+def _external_ip(doc: _Doc, obj: Any, path: str) -> str:
+    text = doc.string(obj, path)
+    try:
+        address = ipaddress.IPv4Address(text)
+    except ValueError:
+        raise doc.fail(path, f"{text!r} is not an IPv4 address") from None
+    if not any(address in ipaddress.IPv4Network(net) for net in EXTERNAL_HOST_CIDRS):
+        raise doc.fail(path, f"{text} is outside {' and '.join(EXTERNAL_HOST_CIDRS)}, the documentation ranges "
+                             "the lab's world serves (no lab packet may leave the machine)")
+    if str(address) in EXTERNAL_HOST_RESERVED:
+        raise doc.fail(path, f"{text} is {EXTERNAL_HOST_RESERVED[str(address)]} of every lab")
+    if int(address) & 0xFF in (0, 255):
+        raise doc.fail(path, f"{text} is the network or broadcast address of its /24")
+    return str(address)
+
+
+def _parse_external_host(doc: _Doc, spec: LabSpec) -> None:
+    meta = doc.mapping(doc.body.get("metadata"), "metadata")
+    doc.warn_unknown(meta, _KNOWN_METADATA, "metadata")
+    name = doc.dns_name(meta.get("name"), "metadata.name", label=True)
+    body = doc.mapping(doc.body.get("spec"), "spec")
+    doc.warn_unknown(body, _KNOWN_EXTERNAL_SPEC, "spec")
+    hostname = _external_hostname(doc, body.get("hostname"), "spec.hostname")
+    ip = _external_ip(doc, body.get("ip"), "spec.ip")
+    raw_ports = doc.sequence(body.get("ports"), "spec.ports", required=False) or [80]
+    ports: list[int] = []
+    for pi, raw in enumerate(raw_ports):
+        number = doc.port(raw, f"spec.ports[{pi}]")
+        if number in ports:
+            raise doc.fail(f"spec.ports[{pi}]", f"port {number} is listed twice")
+        ports.append(number)
+    ttl = body.get("ttl", DEFAULT_EXTERNAL_TTL)
+    if isinstance(ttl, bool) or not isinstance(ttl, int) or not 0 <= ttl <= 86400:
+        raise doc.fail("spec.ttl", f"must be an integer 0-86400 (seconds), got {_show(ttl)}")
+    for other in spec.external_hosts:
+        for field_name, value in (("name", name), ("hostname", hostname), ("ip", ip)):
+            if getattr(other, field_name) == value:
+                path = "metadata.name" if field_name == "name" else f"spec.{field_name}"
+                raise doc.fail(path, f"{value} is already used by ExternalHost/{other.name}")
+    spec.external_hosts.append(ExternalHostSpec(name, hostname, ip, ports, ttl))
+
+
 _PARSERS = {"Namespace": _parse_namespace, "Pod": _parse_pod, "Deployment": _parse_deployment,
-            "Service": _parse_service}
+            "Service": _parse_service, "ExternalHost": _parse_external_host}
 
 
 def load_documents(texts: list[tuple[str, str]]) -> list[tuple[str, int, Any]]:
@@ -409,15 +496,21 @@ def parse_manifests(texts: list[str] | list[tuple[str, str]]) -> LabSpec:
 
 
 def _check_lab(spec: LabSpec) -> None:
-    """Cross-document rules: names unique in the lab, referenced namespaces exist."""
+    """Cross-document rules: names unique in the lab, referenced namespaces exist, kube-dns is the lab's."""
     seen: dict[str, str] = {}
     for pod in spec.pods:
+        if pod.name == KUBE_DNS_NAME:
+            raise ValidationError(f"pod {pod.namespace}/{pod.name}: the name {KUBE_DNS_NAME} is taken by the "
+                                  f"lab's own DNS pod ({KUBE_DNS_NAMESPACE}/{KUBE_DNS_NAME}, in every lab)")
         if pod.name in seen:
             raise ValidationError(f"pod name {pod.name} is used twice (namespaces {seen[pod.name]} and "
                                   f"{pod.namespace}); pod names must be unique within a lab")
         seen[pod.name] = pod.namespace
     services: set[tuple[str, str]] = set()
     for svc in spec.services:
+        if (svc.namespace, svc.name) == (KUBE_DNS_NAMESPACE, KUBE_DNS_NAME):
+            raise ValidationError(f"service {KUBE_DNS_NAMESPACE}/{KUBE_DNS_NAME} is the lab's own DNS service, "
+                                  "created in every lab; remove it from the manifests")
         if (svc.namespace, svc.name) in services:
             raise ValidationError(f"service {svc.namespace}/{svc.name} is defined twice")
         services.add((svc.namespace, svc.name))

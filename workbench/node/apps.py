@@ -8,7 +8,10 @@ pod's netns and cgroup by the agent, so a 50-pod lab starts quickly:
 - deathstar: the Cilium star-wars API (POST /v1/request-landing, PUT
   /v1/exhaust-port, GET /v1/ ...) on each TCP port.
 - echo: an HTTP echo on each TCP port (answers the method, path and the client
-  address it saw) and a datagram echo on each UDP port.
+  address it saw) and a datagram echo on each UDP port. In the world netns it
+  also serves the lab's external hosts (``--external-host IP=HOSTNAME``): a
+  request that arrived on such an address is answered as that host (its
+  ``hostname`` in the body and in ``X-Served-By``).
 Every request is logged to stderr (the pod's log file in the lab state dir).
 """
 
@@ -61,8 +64,10 @@ def deathstar_routes(pod: str) -> dict[tuple[str, str], tuple[int, str]]:
     }
 
 
-def make_handler(app: str, pod: str) -> type[BaseHTTPRequestHandler]:
+def make_handler(app: str, pod: str, external_hosts: dict[str, str] | None = None) -> type[BaseHTTPRequestHandler]:
+    """``external_hosts``: local address -> the host name a request to that address is answered as."""
     routes = deathstar_routes(pod) if app == "deathstar" else {}
+    hostnames = external_hosts or {}
 
     class Handler(BaseHTTPRequestHandler):
         server_version = "workbench-" + app
@@ -76,19 +81,22 @@ def make_handler(app: str, pod: str) -> type[BaseHTTPRequestHandler]:
             if length:
                 self.rfile.read(length)
             client = f"{self.client_address[0]}:{self.client_address[1]}"
+            hostname = hostnames.get(self.connection.getsockname()[0])
             if app == "deathstar":
                 status, body = routes.get((self.command, self.path.split("?")[0].rstrip("/") or "/"),
                                           (404, "Page not found\n"))
                 content_type = "application/json" if body.startswith("{") else "text/plain"
             else:
                 status, content_type = 200, "application/json"
-                body = json.dumps({"method": self.command, "path": self.path, "client": client,
-                                   "pod": pod}) + "\n"
+                answer = {"method": self.command, "path": self.path, "client": client, "pod": pod}
+                if hostname:
+                    answer["hostname"] = hostname
+                body = json.dumps(answer) + "\n"
             data = body.encode()
             self.send_response(status)
             self.send_header("Content-Type", content_type)
             self.send_header("Content-Length", str(len(data)))
-            self.send_header("X-Served-By", pod)
+            self.send_header("X-Served-By", hostname or pod)
             self.end_headers()
             if self.command != "HEAD":
                 self.wfile.write(data)
@@ -114,8 +122,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pod", required=True)
     parser.add_argument("--port", action="append", default=[], help="PORT/PROTO, repeatable")
     parser.add_argument("--ready-fd", type=int, default=-1)
+    parser.add_argument("--external-host", action="append", default=[], help="IP=HOSTNAME, repeatable")
     args = parser.parse_args(argv)
-    handler = make_handler(args.app, args.pod)
+    external = dict(item.split("=", 1) for item in args.external_host)
+    handler = make_handler(args.app, args.pod, external)
     threads = []
     for spec in args.port:
         number, _, proto = spec.partition("/")

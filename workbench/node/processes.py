@@ -16,6 +16,7 @@ from workbench.node.netlink import NETNS_DIR
 
 CLONE_NEWNET = 0x40000000
 APPS_SCRIPT = Path(__file__).resolve().parent / "apps.py"
+DNS_SCRIPT = Path(__file__).resolve().parent / "dnsapp.py"
 
 _libc = ctypes.CDLL(None, use_errno=True)
 
@@ -52,6 +53,13 @@ def app_argv(app: str, pod: str, ports: list[tuple[int, str]], ready_fd: int) ->
     for number, protocol in ports:
         argv += ["--port", f"{number}/{protocol}"]
     return argv
+
+
+def dns_app_argv(pod: str, records: Path, ready_fd: int) -> list[str]:
+    """Command line of the lab's DNS server (the kube-dns pod's app): the environment's Python, isolated
+    from the caller's variables, so dnspython imports from it."""
+    return [sys.executable, "-I", str(DNS_SCRIPT), "--pod", pod, "--records", str(records),
+            "--ready-fd", str(ready_fd)]
 
 
 def exec_argv(netns: str, cgroup: Path, command: list[str]) -> list[str]:

@@ -8,6 +8,8 @@ never reach anything but the lab.
 
     pod netns  eth0 10.244.0.x/32 --veth-- lxc<hash> (169.254.1.1/32)  node netns
     world netns eth0 192.0.2.10/24 --veth-- world0 192.0.2.1/24         node netns
+                 + one /32 per external host (192.0.2.x, 198.51.100.x; the node routes
+                   198.51.100.0/24 to 192.0.2.10 when a host uses it)
 
 Runs in the agent (pyroute2 is fine there: no asyncio loop).
 """
@@ -15,11 +17,13 @@ Runs in the agent (pyroute2 is fine there: no asyncio loop).
 from __future__ import annotations
 
 import hashlib
+import ipaddress
+from collections.abc import Iterable
 from pathlib import Path
 
 from pyroute2 import IPRoute
 
-from workbench.lab.ipam import POD_GATEWAY, WORLD_CIDR, WORLD_GATEWAY, WORLD_HOST
+from workbench.lab.ipam import EXTERNAL_CIDR, POD_GATEWAY, WORLD_CIDR, WORLD_GATEWAY, WORLD_HOST
 from workbench.node import netlink, system
 from workbench.node.inventory import ETC_NETNS
 
@@ -94,6 +98,27 @@ def create_world(lab: str, routed_cidrs: list[str]) -> None:
             ipr.route("replace", dst=cidr, gateway=WORLD_GATEWAY)
 
 
+def add_external_hosts(lab: str, addresses: Iterable[str]) -> None:
+    """The lab's external hosts as addresses of the world netns (idempotent).
+
+    Addresses in 198.51.100.0/24 are outside the world link's /24, so the node
+    gets a route for that range through the world host.
+    """
+    addresses = list(addresses)
+    with IPRoute(netns=world_netns(lab)) as ipr:
+        index = netlink.link_index(ipr, "eth0")
+        for address in addresses:
+            ipr.addr("replace", index=index, address=address, prefixlen=32)
+    if _uses_external_cidr(addresses):
+        with IPRoute(netns=node_netns(lab)) as ipr:
+            ipr.route("replace", dst=EXTERNAL_CIDR, gateway=WORLD_HOST, oif=netlink.link_index(ipr, WORLD_LINK))
+
+
+def _uses_external_cidr(addresses: Iterable[str]) -> bool:
+    network = ipaddress.IPv4Network(EXTERNAL_CIDR)
+    return any(ipaddress.IPv4Address(a) in network for a in addresses)
+
+
 def create_pod_network(lab: str, pod: str, ipv4: str, routed_cidrs: list[str]) -> int:
     """Pod netns + veth pair + routes; returns the lxc ifindex in the node netns."""
     node, netns, lxc = node_netns(lab), pod_netns(lab, pod), lxc_name(lab, pod)
@@ -117,22 +142,24 @@ def remove_pod_network(lab: str, pod: str) -> None:
     remove_hosts(pod_netns(lab, pod))
 
 
-def lab_cidrs(pod_cidr: str, service_cidr: str) -> list[str]:
-    """The only destinations a pod has routes for."""
-    return [pod_cidr, service_cidr, WORLD_CIDR]
+def lab_cidrs(pod_cidr: str, service_cidr: str, external_hosts: Iterable[str] = ()) -> list[str]:
+    """The only destinations a pod has routes for: 198.51.100.0/24 too when an external host is there."""
+    return [pod_cidr, service_cidr, WORLD_CIDR] + ([EXTERNAL_CIDR] if _uses_external_cidr(external_hosts) else [])
 
 
-def write_hosts(netns: str, entries: list[tuple[str, list[str]]]) -> None:
-    """/etc/netns/<netns>/hosts (bind-mounted over /etc/hosts by `ip netns exec`) and a resolv.conf
-    without reachable servers, so lookups of unknown names fail at once instead of leaving the lab."""
+def write_hosts(netns: str, entries: list[tuple[str, list[str]]], resolv_conf: str) -> None:
+    """/etc/netns/<netns>/hosts and resolv.conf, which `ip netns exec` bind-mounts over /etc.
+
+    A pod's hosts file holds what the kubelet writes (localhost and the pod's own
+    name); every other name comes from the lab's DNS service named in ``resolv_conf``.
+    """
     directory = ETC_NETNS / netns
     directory.mkdir(parents=True, exist_ok=True)
-    lines = ["127.0.0.1\tlocalhost", "::1\tlocalhost ip6-localhost ip6-loopback"]
+    lines = ["# Kubernetes-managed hosts file (eBPF Workbench lab).", "127.0.0.1\tlocalhost",
+             "::1\tlocalhost ip6-localhost ip6-loopback"]
     lines += [f"{address}\t{' '.join(names)}" for address, names in entries]
     (directory / "hosts").write_text("\n".join(lines) + "\n")
-    (directory / "resolv.conf").write_text(
-        "# eBPF Workbench lab: no DNS server; services resolve through /etc/hosts\n"
-        "nameserver 127.0.0.1\noptions timeout:1 attempts:1\n")
+    (directory / "resolv.conf").write_text(resolv_conf)
 
 
 def remove_hosts(netns: str) -> None:
