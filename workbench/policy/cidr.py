@@ -110,26 +110,31 @@ def parse_excepts(doc: DocRef, path: str, cidr: ipaddress.IPv4Network,
 
 
 def allocate_cidr_identities(rules: Iterable[CIDRRule], previous: Mapping[str, int] | None = None,
-                             exclude: Iterable[str] = ()) -> dict[str, int]:
+                             exclude: Iterable[str] = (), taken: Iterable[int] = ()) -> dict[str, int]:
     """Prefix -> identity for every prefix in ``rules``, plus 0.0.0.0/0 -> world.
 
     Deterministic: prefixes are numbered in address order. Prefixes already in
     ``previous`` keep their identity, so recompiling after a change does not
     renumber what the datapath already has. Prefixes in ``exclude`` (the pods'
-    own /32s, which keep their pod identity in the ipcache) get none.
+    own /32s, which keep their pod identity in the ipcache, and the addresses
+    learned from DNS, which have an fqdn identity) get none. Numbers in
+    ``taken`` (fqdn identities) are never handed out.
     """
     prefixes = {str(p) for rule in rules for p in rule.prefixes()}
     prefixes.discard(WORLD_PREFIX)
     prefixes -= set(exclude)
+    taken = set(taken)
     result: dict[str, int] = {WORLD_PREFIX: ID_WORLD}
     previous = previous or {}
     # Never hand a retired prefix's number to a new prefix in the same swap.
     next_id = max((n for n in previous.values() if n >= LOCAL_IDENTITY_SCOPE), default=LOCAL_IDENTITY_SCOPE) + 1
     for prefix in sorted(prefixes, key=lambda p: (ipaddress.IPv4Network(p).network_address,
                                                   ipaddress.IPv4Network(p).prefixlen)):
-        if prefix in previous and previous[prefix] >= LOCAL_IDENTITY_SCOPE:
+        if prefix in previous and previous[prefix] >= LOCAL_IDENTITY_SCOPE and previous[prefix] not in taken:
             result[prefix] = previous[prefix]
         else:
+            while next_id in taken:
+                next_id += 1
             result[prefix] = next_id
             next_id += 1
     return result

@@ -10,6 +10,12 @@ namespace (never reserved identities).
 
 An ingress rule with neither peers nor ports (``ingress: [{}]``) allows
 nothing but still makes the subject default-deny, as in Cilium.
+
+DNS (:mod:`workbench.policy.fqdn`): ``toFQDNs`` selects peers by DNS name in
+egress allow rules, alone (Cilium refuses other L3 selectors in the same
+rule) or with ``toPorts``; ``toPorts[].rules.dns`` sends the pod's DNS
+queries on those ports through the DNS proxy, egress only, with a single
+port per item.
 """
 
 from __future__ import annotations
@@ -18,8 +24,9 @@ from typing import Any
 
 from workbench.lab.model import NAMESPACE_LABEL, NAMESPACE_LABELS_PREFIX, Direction
 from workbench.policy.cidr import CIDRRule, parse_cidr, parse_excepts
-from workbench.policy.fields import DocRef, Fields
-from workbench.policy.l7 import HttpRule, parse_l7_rules
+from workbench.policy.fields import DocRef, Fields, join
+from workbench.policy.fqdn import FqdnSelector, parse_fqdn_selector
+from workbench.policy.l7 import HttpRule, parse_port_rules
 from workbench.policy.ports import PortRange, parse_port
 from workbench.policy.rules import ENTITIES, Peers, PolicyRule, PolicySpec
 from workbench.policy.selectors import LabelSelector, in_some_namespace, namespace_is, parse_selector
@@ -42,6 +49,7 @@ _INGRESS_UNSUPPORTED = {
     "fromNodes": "fromNodes is not supported (single-node lab)",
     "fromGroups": "fromGroups (cloud provider groups) is not supported",
     "toEndpoints": "toEndpoints belongs in egress rules, not ingress",
+    "toFQDNs": "toFQDNs belongs in egress rules, not ingress",
 }
 _EGRESS_UNSUPPORTED = {
     **_COMMON_UNSUPPORTED,
@@ -49,7 +57,6 @@ _EGRESS_UNSUPPORTED = {
     "toNodes": "toNodes is not supported (single-node lab)",
     "toGroups": "toGroups (cloud provider groups) is not supported",
     "toServices": "toServices is not supported; select the backends with toEndpoints",
-    "toFQDNs": "toFQDNs (DNS-based policy) is not supported yet",
     "fromEndpoints": "fromEndpoints belongs in ingress rules, not egress",
 }
 _PORT_RULE_UNSUPPORTED = {
@@ -118,9 +125,14 @@ def _check_description(doc: DocRef, fields: Fields) -> None:
 def _parse_rule(doc: DocRef, path: str, value: Any, direction: Direction, deny: bool,
                 namespace: str) -> list[PolicyRule]:
     peer_word = "from" if direction == "ingress" else "to"
-    allowed = {f"{peer_word}Endpoints", f"{peer_word}Entities", f"{peer_word}CIDR", f"{peer_word}CIDRSet",
-               "toPorts"}
+    l3_fields = [f"{peer_word}Endpoints", f"{peer_word}Entities", f"{peer_word}CIDR", f"{peer_word}CIDRSet"]
+    allowed = {*l3_fields, "toPorts"}
     unsupported = dict(_INGRESS_UNSUPPORTED if direction == "ingress" else _EGRESS_UNSUPPORTED)
+    if direction == "egress":
+        if deny:
+            unsupported["toFQDNs"] = "toFQDNs is not allowed in deny rules (Cilium cannot deny by DNS name)"
+        else:
+            allowed.add("toFQDNs")
     if value is None or value == {}:
         return []  # `- {}`: default-deny for the direction, allows nothing
     fields = Fields(doc, path, value, allowed=allowed, unsupported=unsupported)
@@ -133,16 +145,21 @@ def _parse_rule(doc: DocRef, path: str, value: Any, direction: Direction, deny: 
     cidrs = [CIDRRule(parse_cidr(doc, item_path, item)) for item_path, item in fields.items(f"{peer_word}CIDR")]
     for item_path, item in fields.items(f"{peer_word}CIDRSet"):
         cidrs.append(_cidr_set(doc, item_path, item))
+    fqdns = tuple(dict.fromkeys(parse_fqdn_selector(doc, item_path, item)
+                                for item_path, item in fields.items("toFQDNs")))
+    has_l3 = any(fields.value.get(name) for name in l3_fields)
+    if fqdns and has_l3:
+        other = next(name for name in l3_fields if fields.value.get(name))
+        raise doc.error(fields.at("toFQDNs"), f"cannot be combined with {other} in one rule (Cilium refuses it)",
+                        hint="write the toFQDNs selectors in an egress rule of their own")
 
-    ports, l7_groups = _to_ports(doc, fields, deny)
-    has_l3 = bool(fields.value.get(f"{peer_word}Endpoints") or fields.value.get(f"{peer_word}Entities")
-                  or fields.value.get(f"{peer_word}CIDR") or fields.value.get(f"{peer_word}CIDRSet"))
-    if not has_l3 and not ports and not l7_groups:
+    ports, l7_groups = _to_ports(doc, fields, direction, deny)
+    if not has_l3 and not fqdns and not ports and not l7_groups:
         return []
-    peers = Peers(selectors, entities, tuple(cidrs)) if has_l3 else None
+    peers = Peers(selectors, entities, tuple(cidrs), fqdns) if has_l3 or fqdns else None
     # A toPorts item with L7 rules becomes a rule of its own: its ports are proxied, the others are not.
-    rules = [PolicyRule(direction, peers, tuple(l7_ports), deny, path, http)
-             for l7_ports, http in l7_groups]
+    rules = [PolicyRule(direction, peers, tuple(l7_ports), deny, path, http, dns)
+             for l7_ports, http, dns in l7_groups]
     if ports or not l7_groups:
         rules.insert(0, PolicyRule(direction, peers, tuple(ports), deny, path))
     return rules
@@ -177,21 +194,29 @@ def _cidr_set(doc: DocRef, path: str, value: Any) -> CIDRRule:
     return CIDRRule(cidr, parse_excepts(doc, fields.at("except"), cidr, fields.items("except")))
 
 
-def _to_ports(doc: DocRef, fields: Fields,
-              deny: bool) -> tuple[list[PortRange], list[tuple[list[PortRange], tuple[HttpRule, ...]]]]:
-    """(L3/L4 ports, [(ports, http rules)] of the toPorts items that carry L7 rules)."""
+L7Group = tuple[list[PortRange], tuple[HttpRule, ...] | None, tuple[FqdnSelector, ...] | None]
+
+
+def _to_ports(doc: DocRef, fields: Fields, direction: Direction,
+              deny: bool) -> tuple[list[PortRange], list[L7Group]]:
+    """(L3/L4 ports, [(ports, http rules, dns rules)] of the toPorts items that carry L7 rules)."""
     ports: list[PortRange] = []
-    l7_groups: list[tuple[list[PortRange], tuple[HttpRule, ...]]] = []
+    l7_groups: list[L7Group] = []
     for rule_path, rule in fields.items("toPorts"):
         port_rule = Fields(doc, rule_path, rule, allowed={"ports", "rules"}, unsupported=_PORT_RULE_UNSUPPORTED)
         items = port_rule.items("ports")
         if not items:
             raise doc.error(port_rule.at("ports"), "needs at least one port")
         http: tuple[HttpRule, ...] | None = None
+        dns: tuple[FqdnSelector, ...] | None = None
         if port_rule.has("rules"):
             if deny:
                 raise doc.error(port_rule.at("rules"), "L7 rules are not allowed in deny policies")
-            http = parse_l7_rules(doc, port_rule.at("rules"), port_rule.value["rules"])
+            http, dns = parse_port_rules(doc, port_rule.at("rules"), port_rule.value["rules"])
+            if dns is not None and direction == "ingress":
+                raise doc.error(join(port_rule.at("rules"), "dns"),
+                                "DNS rules are only allowed in egress rules (the DNS proxy judges a pod's own "
+                                "queries)")
         group: list[PortRange] = []
         for item_path, item in items:
             if http is not None:
@@ -199,10 +224,23 @@ def _to_ports(doc: DocRef, fields: Fields,
                 if protocol != "TCP":
                     why = "has no protocol" if protocol is None else f"has protocol {protocol}"
                     raise doc.error(f"{item_path}.protocol", f"L7 (HTTP) rules need protocol TCP; this port {why}")
-            group.extend(parse_port(doc, item_path, item, protocols=CNP_PROTOCOLS, default_protocol="ANY",
-                                    zero_means_any=True))
-        if http is None:
+            parsed = parse_port(doc, item_path, item, protocols=CNP_PROTOCOLS, default_protocol="ANY",
+                                zero_means_any=True)
+            if dns is not None:
+                _check_dns_port(doc, item_path, item)
+            group.extend(parsed)
+        if http is None and dns is None:
             ports.extend(group)
         else:
-            l7_groups.append((group, http))
+            l7_groups.append((group, http, dns))
     return ports, l7_groups
+
+
+def _check_dns_port(doc: DocRef, path: str, item: Any) -> None:
+    """DNS rules judge queries to one port (the DNS server's): no "any port", no range."""
+    if not isinstance(item, dict):
+        return
+    if item.get("endPort") is not None:
+        raise doc.error(join(path, "endPort"), "DNS rules need a single port, not a range (as Cilium's L7 rules)")
+    if str(item.get("port") or "0") == "0":
+        raise doc.error(join(path, "port"), "DNS rules need the DNS server's port (usually 53), not any port")

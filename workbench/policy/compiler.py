@@ -56,6 +56,7 @@ from workbench.policy.cidr import (
 )
 from workbench.policy.documents import load_documents
 from workbench.policy.fields import DocRef
+from workbench.policy.fqdn import ALLOW_ALL_NAMES, FqdnSelector, fqdn_identity_prefix
 from workbench.policy.l7 import ALLOW_ALL, HttpRule
 from workbench.policy.ports import PORT_BITS, block_range, port_blocks
 from workbench.policy.rules import Peers, PolicyDocument, PolicyRule
@@ -66,12 +67,14 @@ ID_REMOTE_NODE = 6  # Cilium's reserved remote-node; no lab address maps to it
 
 # The lab's L7 proxy listens on this port in the node netns; entries with L7 rules carry it.
 DEFAULT_PROXY_PORT = 10080
+# The agent's DNS proxy: allow entries with DNS rules (rules.dns) carry this port instead.
+DEFAULT_DNS_PROXY_PORT = 10053
 
 # A port given with "any protocol" in a live map edit means these (Cilium's ANY with SCTP enabled).
 ANY_PORT_PROTOCOLS = (abi.IPPROTO_TCP, abi.IPPROTO_UDP, abi.IPPROTO_SCTP)
 LIVE_EDIT_RULE = "live-edit"
 
-__all__ = ["DEFAULT_PROXY_PORT", "CompiledPolicy", "compile_policies", "entry_key", "live_edit",
+__all__ = ["DEFAULT_DNS_PROXY_PORT", "DEFAULT_PROXY_PORT", "CompiledPolicy", "compile_policies", "entry_key", "live_edit",
            "load_documents", "map_entries", "resolve_deny"]
 
 EntryKey = tuple[int, Direction, int, int, int, int]  # ep, direction, identity, protocol, port, prefix
@@ -91,6 +94,16 @@ class CompiledPolicy:
     ``cidr_notes``: for (ep_id, direction, identity) selected through a CIDR
     rule, what that rule means for pods (:data:`~workbench.policy.cidr.K8S_IPBLOCK`
     or :data:`~workbench.policy.cidr.CILIUM_CIDR`).
+
+    DNS: ``dns`` holds, for every allow key that redirects to the DNS proxy,
+    the names a query may ask for (:data:`~workbench.policy.fqdn.ALLOW_ALL_NAMES`
+    among them when an L3/L4 rule allows the same key too); ``fqdn_selectors``
+    every ``toFQDNs`` selector of the documents (the agent labels an address
+    from a DNS answer with those matching the name asked); ``cidr_identities``
+    also maps the /32 of every fqdn identity given to the compile, so the
+    ipcache resolves the address to it; ``notes``: (ep_id, direction) -> lines
+    that explain what the entries cannot show (a ``toFQDNs`` rule that learns
+    nothing).
     """
 
     entries: list[PolicyEntry] = field(default_factory=list)
@@ -107,6 +120,40 @@ class CompiledPolicy:
     rule_keys: dict[tuple[str, str], set[EntryKey]] = field(default_factory=dict)
     # (ep_id, direction) -> the policies that make it default-deny (the "why" of a POLICY_DENIED drop)
     enforced_by: dict[tuple[int, Direction], set[str]] = field(default_factory=dict)
+    dns: dict[EntryKey, tuple[FqdnSelector, ...]] = field(default_factory=dict)
+    fqdn_selectors: tuple[FqdnSelector, ...] = ()
+    notes: dict[tuple[int, Direction], tuple[str, ...]] = field(default_factory=dict)
+
+    def dns_rules(self, ep_id: int, direction: Direction, identity: int, protocol: int,
+                  port: int) -> tuple[FqdnSelector, ...] | None:
+        """The names a DNS query of endpoint ``ep_id`` to ``identity`` on ``protocol``/``port`` may ask for.
+
+        The DNS proxy asks this for (client endpoint, "egress", identity of the
+        DNS server, 17 or 6, 53). None when no DNS rule restricts it (the query
+        is not for the DNS proxy). Mirrors the datapath's two lookups (the
+        peer's identity and any peer): every allow entry that matches
+        contributes its DNS rules, and one without DNS rules (an L3/L4 allow
+        covering the same query) contributes :data:`ALLOW_ALL_NAMES`, as
+        Cilium's wildcard does; :func:`~workbench.policy.fqdn.names_allowed`
+        judges a name against the result.
+        """
+        found: list[FqdnSelector] = []
+        restricted = False
+        for entry in self.entries:
+            if (entry.ep_id, entry.direction) != (ep_id, direction) or entry.deny:
+                continue
+            if entry.identity not in (identity, ID_ANY) or entry.protocol not in (0, protocol):
+                continue
+            if entry.protocol and entry.port_prefix and (port >> (PORT_BITS - entry.port_prefix)) != \
+                    (entry.port >> (PORT_BITS - entry.port_prefix)):
+                continue
+            rules = self.dns.get(entry_key(entry))
+            if rules is None:
+                found.append(ALLOW_ALL_NAMES)
+                continue
+            restricted = True
+            found.extend(rules)
+        return tuple(dict.fromkeys(found)) if restricted else None
 
     def http_rules(self, ep_id: int, direction: Direction, identity: int,
                    port: int) -> tuple[HttpRule, ...] | None:
@@ -144,32 +191,47 @@ class CompiledPolicy:
 def compile_policies(documents: Iterable[PolicyDocument], endpoints: list[Endpoint],
                      identities: list[Identity], namespaces: Mapping[str, Mapping[str, str]], *,
                      previous_cidr_identities: Mapping[str, int] | None = None,
-                     proxy_port: int = DEFAULT_PROXY_PORT, max_entries: int | None = None) -> CompiledPolicy:
+                     proxy_port: int = DEFAULT_PROXY_PORT, max_entries: int | None = None,
+                     dns_proxy_port: int = DEFAULT_DNS_PROXY_PORT) -> CompiledPolicy:
     """Compile validated documents against the lab's endpoints and identities.
 
     ``namespaces`` maps namespace name -> its labels (``kubernetes.io/metadata.name``
-    is implied). Allow entries with L7 (HTTP) rules get ``proxy_port``. ``previous_cidr_identities`` (the last compile's
+    is implied). Allow entries with L7 (HTTP) rules get ``proxy_port``, those
+    with DNS rules ``dns_proxy_port``; one key reached by both is refused (as
+    Cilium refuses two L7 protocols on one port). ``previous_cidr_identities`` (the last compile's
     ``cidr_identities``) keeps CIDR identity numbers stable across recompiles.
+    ``identities`` may include fqdn identities (labels from
+    :func:`~workbench.policy.fqdn.fqdn_identity_labels`, numbered from
+    ``1 << 24``): ``toFQDNs`` selectors select them by their ``fqdn:`` labels,
+    and like CIDR identities they are ``world`` and lie in the CIDR rules that
+    contain their address.
     ``max_entries`` (the policy map's capacity) stops the compile with a one-line
     error at the first rule after which the policy cannot fit, instead of
     compiling all of a policy that the map will refuse anyway: every distinct key
     becomes at least one map entry, so the count of keys so far is a lower bound.
     """
     documents = list(documents)
+    pod_prefixes = {f"{ep.ipv4}/32" for ep in endpoints}
+    fqdn_prefixes = _fqdn_prefixes(identities, pod_prefixes)
     cidr_ids = allocate_cidr_identities(
         (c for d in documents for s in d.specs for r in s.rules if r.peers for c in r.peers.cidrs),
-        previous_cidr_identities, exclude=(f"{ep.ipv4}/32" for ep in endpoints))
+        previous_cidr_identities, exclude=pod_prefixes | fqdn_prefixes.keys(), taken=fqdn_prefixes.values())
     universe = _identity_universe(endpoints, identities)
     # CIDR identities are labelled reserved:world too, so a selector on that label selects every external
     # address, also one inside a prefix that some other policy names (as the world entity does).
     selectable = {**universe, **{n: cidr_labels(p) for p, n in cidr_ids.items() if n >= LOCAL_IDENTITY_SCOPE}}
+    # An fqdn identity is the address's CIDR identity as far as CIDR rules and world go (Cilium's are the same).
+    ipcache_ids = {**cidr_ids, **fqdn_prefixes}
     resolver = _PeerResolver(
-        {n: _with_namespace_labels(labels, namespaces) for n, labels in selectable.items()}, cidr_ids, endpoints)
+        {n: _with_namespace_labels(labels, namespaces) for n, labels in selectable.items()}, ipcache_ids, endpoints)
 
     enforced: set[tuple[int, Direction]] = set()
     sources: dict[tuple[EntryKey, bool], set[str]] = defaultdict(set)
     # per allow key: the HTTP rules of its L7 rules, ALLOW_ALL when an L3/L4 rule also allows it
     http: dict[EntryKey, list[HttpRule]] = defaultdict(list)
+    dns: dict[EntryKey, list[FqdnSelector]] = defaultdict(list)
+    l7_by: dict[EntryKey, str] = {}   # the first L7 rule of a key, "policy rule-path", for the conflict error
+    fqdn_rules: list[tuple[str, PolicyRule, list[Endpoint]]] = []
     plain: set[EntryKey] = set()
     cidr_notes: dict[tuple[int, Direction, int], set[str]] = defaultdict(set)
     distinct_keys: set[EntryKey] = set()
@@ -186,6 +248,8 @@ def compile_policies(documents: Iterable[PolicyDocument], endpoints: list[Endpoi
                     enforced_by[(ep.id, d)].add(doc_key)
             for rule in spec.rules:
                 produced = rule_keys[(doc_key, rule.path)]
+                if rule.peers is not None and rule.peers.fqdns:
+                    fqdn_rules.append((doc_key, rule, subjects))
                 keys = _rule_keys(rule, resolver)
                 named_here = rule.direction == "ingress" and any(p.name for p in rule.ports)
                 if rule.direction == "egress":
@@ -203,33 +267,94 @@ def compile_policies(documents: Iterable[PolicyDocument], endpoints: list[Endpoi
                         produced.add(key_of_ep)
                         if rule.deny:
                             continue
-                        if rule.http is None:
+                        if rule.http is None and rule.dns is None:
                             plain.add(key_of_ep)
-                        else:
+                            continue
+                        _check_one_l7_protocol(doc, rule, key_of_ep, http, dns, l7_by)
+                        if rule.http is not None:
                             http[key_of_ep].extend(rule.http)
+                        else:
+                            dns[key_of_ep].extend(rule.dns or ())
                 if max_entries is not None and len(distinct_keys) > max_entries:
                     raise _too_many_entries(doc, rule, max_entries)
 
     l7 = {k: tuple(dict.fromkeys(rules + ([ALLOW_ALL] if k in plain else []))) for k, rules in http.items()}
+    names = {k: tuple(dict.fromkeys(rules + ([ALLOW_ALL_NAMES] if k in plain else []))) for k, rules in dns.items()}
+
+    def proxy_of(key: EntryKey) -> int:
+        return proxy_port if key in l7 else dns_proxy_port if key in names else 0
+
     entries = map_entries(resolve_deny(
         PolicyEntry(k[0], k[1], k[2], k[3], k[4], k[5], deny=deny, rules=tuple(sorted(rules)),
-                    proxy_port=proxy_port if not deny and k in l7 else 0)
+                    proxy_port=0 if deny else proxy_of(k))
         for (k, deny), rules in sources.items()))
     kept = {entry_key(e) for e in entries if not e.deny}
     l7 = {k: v for k, v in l7.items() if k in kept}
+    names = {k: v for k, v in names.items() if k in kept}
     labels = {e.identity: universe.get(e.identity, ()) for e in entries}
     for prefix, number in cidr_ids.items():
         if number in labels or number >= LOCAL_IDENTITY_SCOPE:
             labels[number] = cidr_labels(prefix)
+    for number in fqdn_prefixes.values():
+        labels[number] = universe[number]
     labels[ID_ANY] = ("reserved:any",) if ID_ANY in labels else ()
     labels = {k: v for k, v in labels.items() if v}
     selected = {(e.ep_id, e.direction, e.identity) for e in entries}
     return CompiledPolicy(
-        entries=entries, enforced=enforced, cidr_identities=cidr_ids, identity_labels=labels,
+        entries=entries, enforced=enforced, cidr_identities=ipcache_ids, identity_labels=labels,
         endpoint_names={ep.id: f"{ep.namespace}/{ep.pod}" for ep in endpoints},
         documents=tuple(d.key for d in documents), l7=l7,
         cidr_notes={k: tuple(sorted(v)) for k, v in cidr_notes.items() if k in selected and v},
-        rule_keys=dict(rule_keys), enforced_by=dict(enforced_by))
+        rule_keys=dict(rule_keys), enforced_by=dict(enforced_by), dns=names,
+        fqdn_selectors=tuple(dict.fromkeys(f for _, rule, _ in fqdn_rules if rule.peers for f in rule.peers.fqdns)),
+        notes=_fqdn_notes(fqdn_rules, names, rule_keys))
+
+
+def _fqdn_prefixes(identities: Iterable[Identity], pod_prefixes: set[str]) -> dict[str, int]:
+    """The /32 of every fqdn identity given -> its number (a pod's own address keeps the pod's identity)."""
+    found: dict[str, int] = {}
+    for ident in identities:
+        prefix = fqdn_identity_prefix(ident.labels)
+        if prefix is not None and prefix not in pod_prefixes:
+            found[prefix] = ident.id
+    return found
+
+
+def _check_one_l7_protocol(doc: PolicyDocument, rule: PolicyRule, key: EntryKey,
+                           http: Mapping[EntryKey, list[HttpRule]], dns: Mapping[EntryKey, list[FqdnSelector]],
+                           l7_by: dict[EntryKey, str]) -> None:
+    """One map key goes to one proxy: HTTP rules and DNS rules for the same key are refused (as in Cilium)."""
+    other = dns if rule.http is not None else http
+    if key in other:
+        where = DocRef(doc.index, doc.kind, doc.name, doc.source)
+        mine, theirs = ("HTTP", "DNS") if rule.http is not None else ("DNS", "HTTP")
+        raise where.error(rule.path, f"{mine} rules for a peer and port that {l7_by[key]} gives {theirs} rules "
+                                     "(one L7 protocol per port, as in Cilium)",
+                          hint="use different ports or peers for HTTP and DNS")
+    l7_by.setdefault(key, f"{doc.key} {rule.path}")
+
+
+def _fqdn_notes(fqdn_rules: list[tuple[str, PolicyRule, list[Endpoint]]],
+                names: Mapping[EntryKey, tuple[FqdnSelector, ...]],
+                rule_keys: Mapping[tuple[str, str], set[EntryKey]]) -> dict[tuple[int, Direction], tuple[str, ...]]:
+    """What a toFQDNs rule does not show in entries: it learns nothing without a DNS rule, or nothing yet."""
+    proxied = {(k[0], k[1]) for k in names}
+    notes: dict[tuple[int, Direction], list[str]] = defaultdict(list)
+    for doc_key, rule, subjects in fqdn_rules:
+        selectors = ", ".join(str(f) for f in rule.peers.fqdns) if rule.peers else ""
+        produced = {k[0] for k in rule_keys.get((doc_key, rule.path), set())}
+        for ep in subjects:
+            if (ep.id, "egress") not in proxied:
+                text = (f"{doc_key} {rule.path}: toFQDNs ({selectors}) selects only addresses from DNS answers "
+                        "that a rules.dns allow lets through the DNS proxy; no egress rule with rules.dns selects "
+                        "this pod, so it learns nothing")
+            elif ep.id not in produced:
+                text = f"{doc_key} {rule.path}: toFQDNs ({selectors}) selects no address yet (no DNS answer matched)"
+            else:
+                continue
+            if text not in notes[(ep.id, "egress")]:
+                notes[(ep.id, "egress")].append(text)
+    return {k: tuple(v) for k, v in notes.items()}
 
 
 def _too_many_entries(doc: PolicyDocument, rule: PolicyRule, max_entries: int) -> ValidationError:
@@ -266,6 +391,7 @@ class _PeerResolver:
 
     def __init__(self, universe: dict[int, tuple[str, ...]], cidr_ids: dict[str, int],
                  endpoints: Sequence[Endpoint] = ()) -> None:
+        self.labels = universe
         self.parsed = {n: [split_label(label) for label in labels] for n, labels in universe.items()}
         self.cidr_ids = cidr_ids
         self.endpoints = list(endpoints)
@@ -294,6 +420,9 @@ class _PeerResolver:
         ids: set[int] = set()
         for selector in peers.selectors:
             ids.update(n for n, labels in self.parsed.items() if selector.matches_parsed(labels))
+        for fqdn in peers.fqdns:
+            # addresses learned from DNS carry the label of every toFQDNs selector that matched their name
+            ids.update(n for n, labels in self.labels.items() if fqdn.label in labels)
         for entity in peers.entities:
             ids.update(self.entities[entity])
         for cidr in peers.cidrs:

@@ -12,6 +12,8 @@ Cilium semantics kept here:
   matches every request (visibility without restriction).
 - L7 rules need an explicit ``protocol: TCP`` on every port of their
   ``toPorts`` item (ANY or UDP is refused), and are refused in deny sections.
+- ``rules.dns`` (:mod:`workbench.policy.fqdn`) is the other L7 protocol; one
+  ``toPorts`` item has HTTP or DNS rules, never both (Cilium's union).
 
 Regular expressions have RE2 semantics, as in Envoy: matching takes time
 linear in the input (no backtracking, so no pattern can stall the proxy), and
@@ -35,17 +37,17 @@ from typing import Any
 
 import re2
 
-from workbench.policy.fields import DocRef, Fields
+from workbench.policy.fields import DocRef, Fields, join
+from workbench.policy.fqdn import FqdnSelector, parse_fqdn_selector
 
 _HTTP_FIELDS = {"method", "path", "host", "headers"}
 _HTTP_UNSUPPORTED = {
     "headerMatches": "headerMatches (mismatch actions, secrets) is not supported; use headers",
 }
 _RULES_UNSUPPORTED = {
-    "kafka": "Kafka L7 rules are not supported (HTTP only)",
-    "dns": "DNS L7 rules are not supported (HTTP only)",
-    "l7proto": "generic L7 protocols are not supported (HTTP only)",
-    "l7": "generic L7 rules are not supported (HTTP only)",
+    "kafka": "Kafka L7 rules are not supported (HTTP and DNS only)",
+    "l7proto": "generic L7 protocols are not supported (HTTP and DNS only)",
+    "l7": "generic L7 rules are not supported (HTTP and DNS only)",
 }
 
 
@@ -132,13 +134,37 @@ def parse_http_rule(doc: DocRef, path: str, value: Any) -> HttpRule:
 
 def parse_l7_rules(doc: DocRef, path: str, value: Any) -> tuple[HttpRule, ...]:
     """``toPorts[i].rules`` -> its HTTP rules (an empty ``http: []`` allows every request)."""
-    fields = Fields(doc, path, value, allowed={"http"}, unsupported=_RULES_UNSUPPORTED)
-    if not fields.has("http") and "http" not in fields.value:
-        raise doc.error(path, "needs http rules (the only L7 protocol supported)")
+    http, _dns = parse_port_rules(doc, path, value)
+    if http is None:
+        raise doc.error(join(path, "dns"), "DNS rules are not allowed here (HTTP only)")
+    return http
+
+
+def parse_port_rules(doc: DocRef, path: str,
+                     value: Any) -> tuple[tuple[HttpRule, ...] | None, tuple[FqdnSelector, ...] | None]:
+    """``toPorts[i].rules`` -> (HTTP rules, DNS rules): exactly one of them is not None.
+
+    ``http: []`` allows every request. ``dns: []`` is refused: Cilium versions
+    disagree on it (older ones proxy every name, newer ones read it as no L7
+    rule at all), so the policy says which it means.
+    """
+    fields = Fields(doc, path, value, allowed={"http", "dns"}, unsupported=_RULES_UNSUPPORTED)
+    has_http, has_dns = "http" in fields.value, "dns" in fields.value
+    if has_http and has_dns:
+        raise doc.error(path, "has both http and dns rules (one L7 protocol per toPorts item, as in Cilium)",
+                        hint="write two toPorts items")
+    if has_dns:
+        items = fields.items("dns")
+        if not items:
+            raise doc.error(fields.at("dns"), "an empty dns list names no rule",
+                            hint='write [{matchPattern: "*"}] to proxy every name, or drop rules for plain L4')
+        return None, tuple(parse_fqdn_selector(doc, item_path, item) for item_path, item in items)
+    if not has_http:
+        raise doc.error(path, "needs http or dns rules (the L7 protocols supported)")
     items = fields.items("http")
     if not items:
-        return (ALLOW_ALL,)
-    return tuple(parse_http_rule(doc, item_path, item) for item_path, item in items)
+        return (ALLOW_ALL,), None
+    return tuple(parse_http_rule(doc, item_path, item) for item_path, item in items), None
 
 
 def request_allowed(rules: tuple[HttpRule, ...] | list[HttpRule], method: str, path: str,

@@ -14,6 +14,7 @@ from typing import Any
 
 from workbench.lab.model import Direction
 from workbench.policy.cidr import CIDRRule
+from workbench.policy.fqdn import FqdnSelector
 from workbench.policy.l7 import HttpRule
 from workbench.policy.ports import PortRange
 from workbench.policy.selectors import LabelSelector
@@ -28,16 +29,23 @@ ENTITIES = ("all", "world", "world-ipv4", "cluster", "host", "health", "remote-n
 
 @dataclass(frozen=True)
 class Peers:
-    """The L3 side of a rule: the union of endpoint selectors, entities and CIDRs."""
+    """The L3 side of a rule: the union of endpoint selectors, entities, CIDRs and DNS names.
+
+    ``fqdns`` (CiliumNetworkPolicy ``toFQDNs``) select the identities of
+    addresses learned from DNS answers (:mod:`workbench.policy.fqdn`); Cilium
+    allows no other L3 selector next to them in one rule.
+    """
 
     selectors: tuple[LabelSelector, ...] = ()
     entities: tuple[str, ...] = ()
     cidrs: tuple[CIDRRule, ...] = ()
+    fqdns: tuple[FqdnSelector, ...] = ()
 
     def __str__(self) -> str:
         parts = [f"endpoints({s})" for s in self.selectors]
         parts += [f"entity:{e}" for e in self.entities]
         parts += [f"cidr:{c}" for c in self.cidrs]
+        parts += [f"fqdn({f})" for f in self.fqdns]
         return " | ".join(parts) or "<nothing>"
 
 
@@ -49,6 +57,9 @@ class PolicyRule:
     protocol and port. ``path`` is where the rule is in its document.
     ``http`` (L7): None for an L3/L4 rule; else the HTTP rules a proxied
     request on ``ports`` must match (the connection is redirected to the proxy).
+    ``dns`` (L7, egress only): None when the rule has no DNS rules; else the
+    names a DNS query on ``ports`` may ask for (it is redirected to the DNS
+    proxy). At most one of ``http`` and ``dns`` is set.
     """
 
     direction: Direction
@@ -57,12 +68,14 @@ class PolicyRule:
     deny: bool = False
     path: str = ""
     http: tuple[HttpRule, ...] | None = None
+    dns: tuple[FqdnSelector, ...] | None = None
 
     def __str__(self) -> str:
         verb = "deny" if self.deny else "allow"
         ports = ",".join(str(p) for p in self.ports) or "any port"
         peers = "any peer" if self.peers is None else str(self.peers)
         l7 = "" if self.http is None else " with " + " | ".join(str(h) for h in self.http)
+        l7 += "" if self.dns is None else " with " + " | ".join(f"dns({d})" for d in self.dns)
         return f"{verb} {self.direction} {peers} on {ports}{l7}"
 
 
