@@ -20,8 +20,10 @@ from workbench.errors import NotFoundError, ValidationError
 # In a terminal, entries come in one section per endpoint (as `cilium bpf policy get` prints one map per
 # endpoint) with port and protocol as one "80/TCP" column; -o wide gives every column in one table.
 SECTION = "endpoint_section"
-# cidr: for a peer a CIDR rule selects, whether pods in range count (NetworkPolicy ipBlock) or not (Cilium)
-EXPLAIN_COLUMNS = ["change", "direction", "identity", "peer_labels", "port", "verdict", "rules", "http", "cidr"]
+# cidr: for a peer a CIDR rule selects, whether pods in range count (NetworkPolicy ipBlock) or not (Cilium);
+# dns: the names a query to the DNS proxy may ask for; note: what a toFQDNs rule cannot show in entries
+EXPLAIN_COLUMNS = ["change", "direction", "identity", "peer_labels", "port", "verdict", "rules", "http", "cidr", "dns",
+                   "note"]
 BPF_POLICY_COLUMNS = ["direction", "identity", "labels", "port", "action", "proxy_port", "packets", "bytes"]
 
 

@@ -70,7 +70,7 @@ def normalize_name(name: str) -> str:
 def _name_problem(name: str) -> str | None:
     if len(name) > MAX_FQDN_LENGTH:
         return f"is longer than {MAX_FQDN_LENGTH} characters"
-    if not name or not _NAME_RE.match(name):
+    if not name or not _NAME_RE.match(name.strip().lower()):
         return (f"{name!r} is not a DNS name (only letters, digits, '-', '_' and '.' are allowed)"
                 if name else "must not be empty")
     if not _VALID_NAME.match(normalize_name(name)):
@@ -83,9 +83,9 @@ def _pattern_problem(pattern: str) -> str | None:
         return f"is longer than {MAX_FQDN_LENGTH} characters"
     if not pattern:
         return "must not be empty"
-    if not _PATTERN_RE.match(pattern):
+    if not _PATTERN_RE.match(pattern.strip().lower()):
         return f"{pattern!r} is not a DNS pattern (only letters, digits, '-', '_', '.' and '*' are allowed)"
-    if _ALL_STARS.match(pattern):
+    if _ALL_STARS.match(pattern.strip()):
         return None
     rest = normalize_name(pattern)
     if rest.startswith(MULTI_LABEL_PREFIX):

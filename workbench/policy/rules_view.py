@@ -107,6 +107,7 @@ def rule_rows(documents: Iterable[PolicyDocument], compiled: CompiledPolicy,
             mine = rule_slots(compiled, doc.key, path, first.deny, slots)
             ports = [str(p) for r in rules for p in r.ports]
             l7 = [str(h) for r in rules for h in (r.http or ())]
+            l7 += [f"dns({d})" for r in rules for d in (r.dns or ())]
             rows.append({
                 "policy": doc.key, "rule": path, "direction": first.direction,
                 "action": "deny" if first.deny else "allow",

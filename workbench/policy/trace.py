@@ -17,7 +17,11 @@ of the lab judges: the source's **egress**, then the destination's
   egress, or the destination's ingress entry) is REDIRECTED. With a method
   and path, the request is then judged by the HTTP rules of both ends, as the
   proxy judges it: no rule matching means DROPPED, POLICY_DENIED, code 403
-  (audit mode does not apply to the proxy).
+  (audit mode does not apply to the proxy);
+- an allowed egress connection (UDP or TCP) whose entry has DNS rules goes to
+  the DNS proxy: REDIRECTED, with the names the proxy lets through
+  (``dns_rules``). What a ``toFQDNs`` rule cannot show in entries (it learns
+  nothing without a DNS rule, or has selected no address yet) is in ``notes``.
 
 The overall verdict is what the packet gets: DROPPED at the first direction
 that drops it (the ingress is then not reached), else AUDIT when a direction
@@ -92,6 +96,8 @@ class DirectionTrace:
     audit: bool = False
     entry: str = ""               # the deciding map entry, e.g. "identity 258 TCP 80/16 allow"
     proxy_port: int = 0
+    dns_rules: list[str] | None = None   # redirected to the DNS proxy: the names it lets through
+    notes: list[str] = field(default_factory=list)
 
     @property
     def passes(self) -> bool:
@@ -198,11 +204,17 @@ def judge(compiled: CompiledPolicy, ep_id: int, direction: Direction, peer_ident
         out.match_type, out.entry = decided.match_type, _entry_text(decided)
     else:
         out.match_type = abi.MATCH_TYPE_NAMES[abi.MATCH_ALL if not enforced else abi.MATCH_NONE]
+    out.notes = list(compiled.notes.get((ep_id, direction), ()))
     if out.drop_reason_desc:
         out.verdict = AUDIT if audit else DROPPED
         out.proxy_port = 0
-    else:
-        out.verdict = REDIRECTED if out.proxy_port and proto == abi.IPPROTO_TCP else FORWARDED
+        return out
+    names = compiled.dns_rules(ep_id, direction, peer_identity, proto, port) if out.proxy_port else None
+    if names is not None:
+        out.dns_rules = [str(n) for n in names]
+    # only TCP goes to the HTTP proxy; the DNS proxy takes UDP queries too
+    redirected = out.proxy_port and (proto == abi.IPPROTO_TCP or names is not None)
+    out.verdict = REDIRECTED if redirected else FORWARDED
     return out
 
 
@@ -325,9 +337,12 @@ def pod_party(ep: Endpoint, audit: Mapping[int, bool]) -> Party:
 
 
 def outside_party(address: str, identity: int, labels: Mapping[int, tuple[str, ...]]) -> Party:
-    """An address outside the lab's pods, named by its identity ("world", "host", or its CIDR labels)."""
+    """An address outside the lab's pods, named by its identity ("world", "host", its CIDR labels or,
+    for an address learned from DNS, its fqdn labels: "fqdn:api.github.com")."""
     names = {ID_WORLD: "world", ID_HOST: "host"}
-    name = names.get(identity) or ",".join(labels.get(identity, ())) or f"identity {identity}"
+    mine = labels.get(identity, ())
+    fqdns = [label for label in mine if label.startswith("fqdn:")]
+    name = names.get(identity) or ",".join(fqdns or mine) or f"identity {identity}"
     return Party(address, identity, None, name)
 
 
@@ -405,9 +420,13 @@ def _direction_line(d: Mapping[str, Any], end: str) -> str:
         parts.append("default deny from " + (", ".join(d["enforced_by"]) or "a policy"))
     elif not d["enforced"]:
         parts.append("no policy selects this direction")
-    if d["proxy_port"]:
+    if d["proxy_port"] and d.get("dns_rules") is not None:
+        parts.append(f"to the DNS proxy (port {d['proxy_port']}), names {' | '.join(d['dns_rules'])}")
+    elif d["proxy_port"]:
         parts.append(f"to the L7 proxy (port {d['proxy_port']})")
-    return f"  {name}: " + "; ".join(parts)
+    lines = [f"  {name}: " + "; ".join(parts)]
+    lines += [f"    note: {note}" for note in d.get("notes", ())]
+    return "\n".join(lines)
 
 
 def format_trace(result: Mapping[str, Any]) -> str:

@@ -25,7 +25,7 @@ from workbench.policy.compiler import CompiledPolicy, entry_key
 from workbench.policy.ports import block_range
 
 COLUMNS = ["ep_id", "pod", "direction", "identity", "peer_labels", "protocol", "port", "verdict",
-           "match_type", "rules", "http", "cidr"]
+           "match_type", "rules", "http", "cidr", "dns", "note"]
 
 
 def port_text(entry: PolicyEntry) -> str:
@@ -53,6 +53,9 @@ def entry_row(compiled: CompiledPolicy, entry: PolicyEntry) -> dict[str, Any]:
         "http": [str(r) for r in compiled.l7.get(entry_key(entry), ())],
         # when a CIDR rule selects the peer: which meaning it has for pods (NetworkPolicy ipBlock or Cilium)
         "cidr": "; ".join(compiled.cidr_notes.get((entry.ep_id, entry.direction, entry.identity), ())),
+        # DNS: the names a query redirected to the DNS proxy may ask for (empty: not for the DNS proxy)
+        "dns": [f"dns({d})" for d in compiled.dns.get(entry_key(entry), ())],
+        "note": "",
     }
 
 
@@ -61,19 +64,29 @@ def explain(compiled: CompiledPolicy, *, pod: str | None = None,
     """Rows for every entry, optionally only one pod ("ns/pod" or "pod") or direction.
 
     An enforced direction without entries shows as one ``default-deny`` row, so
-    "this pod accepts nothing" is visible too.
+    "this pod accepts nothing" is visible too. The first row of an endpoint's
+    direction carries, in ``note``, what its entries cannot show (a
+    ``toFQDNs`` rule that learns nothing, or has selected no address yet).
     """
     rows = [entry_row(compiled, e) for e in compiled.entries]
     with_entries = {(e.ep_id, e.direction) for e in compiled.entries}
     for ep_id, d in sorted(compiled.enforced - with_entries):
         rows.append({"ep_id": ep_id, "pod": compiled.endpoint_names.get(ep_id, ""), "direction": d,
                      "identity": None, "peer_labels": [], "protocol": "", "port": "",
-                     "verdict": "default-deny", "match_type": "none", "rules": [], "http": [], "cidr": ""})
+                     "verdict": "default-deny", "match_type": "none", "rules": [], "http": [], "cidr": "",
+                     "dns": [], "note": ""})
     if pod is not None:
         rows = [r for r in rows if r["pod"] == pod or r["pod"].split("/", 1)[-1] == pod]
     if direction is not None:
         rows = [r for r in rows if r["direction"] == direction]
-    return sorted(rows, key=lambda r: (r["ep_id"], r["direction"], r["identity"] or 0, r["protocol"], r["port"]))
+    rows = sorted(rows, key=lambda r: (r["ep_id"], r["direction"], r["identity"] or 0, r["protocol"], r["port"]))
+    noted: set[tuple[int, str]] = set()
+    for row in rows:
+        group = (row["ep_id"], row["direction"])
+        if group not in noted:
+            noted.add(group)
+            row["note"] = "; ".join(compiled.notes.get(group, ()))
+    return rows
 
 
 def explain_frame(compiled: CompiledPolicy, **filters: Any) -> Any:
