@@ -10,6 +10,7 @@ import pytest
 
 from workbench.agent.api import LocalAPI
 from workbench.agent.flows import FlowService, ObserveOptions
+from workbench.agent.l7.flows import append_rows, dns_rows
 from workbench.client.flows import query_flows
 from workbench.client.transport import AgentClient
 from workbench.errors import ValidationError
@@ -32,6 +33,9 @@ def fill(store):
                  is_reply=True)
     store.add_l7(src_ip=TIEFIGHTER.ipv4, dst_ip=DEATHSTAR.ipv4, src_port=41301, dst_port=80, http_method="GET",
                  http_url="http://deathstar/v1/", http_code=None, l7_latency_ns=None, is_reply=False)
+    store.context.update(names=synthetic.dns_names())   # src_names / dst_names of the rows after this
+    store.ingest(synthetic.random_events(100, seed=5))
+    append_rows(store, [row for ex in synthetic.dns_exchanges() for row in dns_rows(ex)])
     store.record_lost(2)
 
 
@@ -57,8 +61,12 @@ def assert_exact_flow_dtypes(frame):
 def test_every_column_has_a_value_and_a_gap_to_carry(frame):
     for name in schema.COLUMNS:
         assert frame[name].notna().any(), f"{name} never has a value: the round trip would not test it"
-    for name in ("is_reply", "http_code", "l7_latency_ns", "http_url", "http_method", "src_pod", "dst_service"):
+    for name in ("is_reply", "http_code", "l7_latency_ns", "http_url", "http_method", "src_pod", "dst_service",
+                 "dns_query", "dns_rcode", "dns_ttl"):
         assert frame[name].isna().any(), f"{name} is never missing"
+    for name in [*schema.LABEL_COLUMNS, *schema.DNS_LIST_COLUMNS, *schema.NAME_COLUMNS, "egress_allowed_by"]:
+        sizes = frame[name].list.len()
+        assert (sizes == 0).any() and (sizes > 0).any(), f"{name} is never empty or never filled"
 
 
 def test_round_trip_keeps_values_dtypes_categories_and_attrs(frame):
@@ -135,8 +143,14 @@ def test_flows_query_over_the_socket_gives_the_agents_frame(tmp_path):
         assert_exact_flow_dtypes(everything)
         assert everything.attrs == {"seq": expected.attrs["seq"], "lost_events": 2}
 
-        l7 = query_flows(client, event_type="l7")
+        l7 = query_flows(client, event_type="l7", http_method=["GET", "POST"])
         assert list(l7.http_code) == [503, pd.NA] and l7.http_code.dtype == "Int16"
+        github = query_flows(client, dns_query=r"^api\.github\.com\.$")   # the DNS filters cross the socket
+        assert github.summary.tolist() == ["DNS Query api.github.com. A",
+                                           'DNS Answer "192.0.2.20" TTL: 30 (Proxy api.github.com. A)']
+        assert list(github.dns_ips.iloc[1]) == ["192.0.2.20"] and github.dns_ttl.dtype == "UInt32"
+        to_world = query_flows(client, to_fqdn="*.example.org")
+        assert len(to_world) and set(to_world.dst_ip) == {synthetic.WORLD_IP}
         nothing = query_flows(client, after=everything.attrs["seq"])
         assert len(nothing) == 0
         assert_exact_flow_dtypes(nothing)

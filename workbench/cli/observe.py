@@ -30,7 +30,8 @@ FILTER_FLAGS = {
     "ip": "ip", "from_ip": "from_ip", "to_ip": "to_ip", "port": "port", "from_port": "from_port",
     "to_port": "to_port", "protocol": "protocol", "traffic_direction": "traffic_direction",
     "http_method": "http_method", "http_path": "http_path", "http_status": "http_status",
-    "policy": "policy", "since": "since", "until": "until",
+    "policy": "policy", "fqdn": "fqdn", "from_fqdn": "from_fqdn", "to_fqdn": "to_fqdn",
+    "dns_query": "dns_query", "since": "since", "until": "until",
 }
 
 
@@ -168,6 +169,11 @@ def _add_filters(parser: argparse.ArgumentParser) -> None:
     add("--http-status", action="append", metavar="CODE", help='e.g. 403 or "5+"')
     add("--policy", action="append", metavar="[NS/]NAME",
         help="flows this policy allowed or denied (its name in *_allowed_by / *_denied_by)")
+    add("--fqdn", action="append", metavar="PATTERN",
+        help='either side\'s DNS names (src_names / dst_names), e.g. "*.github.com"')
+    add("--from-fqdn", action="append", metavar="PATTERN", help="the source's DNS names")
+    add("--to-fqdn", action="append", metavar="PATTERN", help="the destination's DNS names")
+    add("--dns-query", action="append", metavar="REGEX", help="DNS rows whose query matches the regex")
     add("--since", metavar="T", help='a time or a duration ago: "5m", "2026-11-26T06:40:00Z"')
     add("--until", metavar="T")
     add("--input-file", metavar="F.parquet", help="read flows from an archive instead of the lab")

@@ -1,7 +1,8 @@
-"""What the flow store knows about the lab: endpoints, identities, services.
+"""What the flow store knows about the lab: endpoints, identities, services, DNS names.
 
 The agent owns the truth and calls :meth:`EnrichmentContext.update` whenever a
-pod, identity or service changes. The context turns the model objects into
+pod, identity or service changes, and whenever its DNS proxy learns which names
+an address answers to (Hubble's ``source_names`` / ``destination_names``). The context turns the model objects into
 sorted lookup arrays once per update, so that enriching a batch of a hundred
 thousand events is a few ``np.searchsorted`` calls, not a dict lookup per event.
 """
@@ -10,7 +11,7 @@ from __future__ import annotations
 
 import ipaddress
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -32,6 +33,19 @@ class _Tables:
     identity_labels: dict[int, tuple[str, ...]] = field(default_factory=dict)
     svc_keys: np.ndarray = field(default_factory=lambda: np.zeros(0, np.uint64))    # sorted ip<<16|port
     svc_names: list[str] = field(default_factory=list)                              # parallel to svc_keys
+    name_ips: np.ndarray = field(default_factory=lambda: np.zeros(0, np.uint32))    # sorted
+    name_sets: list[tuple[str, ...]] = field(default_factory=list)                  # parallel to name_ips
+
+
+def dns_name(name: str) -> str:
+    """A DNS name as Hubble's name lists write it: lower case, no trailing dot.
+
+    Example::
+
+        >>> dns_name("API.GitHub.com.")
+        'api.github.com'
+    """
+    return name.strip().rstrip(".").lower()
 
 
 class EnrichmentContext:
@@ -54,13 +68,20 @@ class EnrichmentContext:
         self._endpoints: list[Endpoint] = []
         self._identities: list[Identity] = []
         self._services: list[Service] = []
+        self._names: dict[int, tuple[str, ...]] = {}
         self.tables = _Tables()
         self.update(endpoints=list(endpoints), identities=list(identities), services=list(services))
 
     def update(self, *, endpoints: Iterable[Endpoint] | None = None,
                identities: Iterable[Identity] | None = None,
-               services: Iterable[Service] | None = None) -> None:
-        """Replace any of the three sets (None keeps the current one) and rebuild the lookups."""
+               services: Iterable[Service] | None = None,
+               names: Mapping[str, Iterable[str]] | None = None) -> None:
+        """Replace any of the four sets (None keeps the current one) and rebuild the lookups.
+
+        ``names``: IP -> the DNS names the agent learned for it (``{"192.0.2.20":
+        ("api.github.com",)}``); every row enriched afterwards carries them in
+        ``src_names`` / ``dst_names``. Names are stored as :func:`dns_name` writes them.
+        """
         with self._lock:
             if endpoints is not None:
                 self._endpoints = list(endpoints)
@@ -68,7 +89,41 @@ class EnrichmentContext:
                 self._identities = list(identities)
             if services is not None:
                 self._services = list(services)
+            if names is not None:
+                self._names = {}
+                self._merge_names(names)
             self.tables = self._build(self.tables.version + 1)
+
+    def add_names(self, names: Mapping[str, Iterable[str]]) -> None:
+        """Add names to the IP -> names mapping (what a DNS answer teaches), keeping those already known.
+
+        Example::
+
+            >>> ctx = EnrichmentContext()
+            >>> ctx.add_names({"192.0.2.20": ["api.github.com."]})
+            >>> ctx.add_names({"192.0.2.20": ["www.github.com"]})
+            >>> ctx.names["192.0.2.20"]
+            ('api.github.com', 'www.github.com')
+        """
+        with self._lock:
+            if self._merge_names(names):
+                self.tables = self._build(self.tables.version + 1)
+
+    def _merge_names(self, names: Mapping[str, Iterable[str]]) -> bool:
+        """Union ``names`` into the mapping (caller holds the lock); True when anything changed."""
+        changed = False
+        for ip, learned in names.items():
+            key = ip_to_int(ip)
+            merged = tuple(sorted(set(self._names.get(key, ())) | {dns_name(n) for n in learned if dns_name(n)}))
+            if merged != self._names.get(key, ()):
+                self._names[key] = merged
+                changed = True
+        return changed
+
+    @property
+    def names(self) -> dict[str, tuple[str, ...]]:
+        """IP -> the DNS names known for it (a copy)."""
+        return {str(ipaddress.IPv4Address(ip)): names for ip, names in self._names.items() if names}
 
     @property
     def endpoints(self) -> list[Endpoint]:
@@ -97,8 +152,10 @@ class EnrichmentContext:
                     if backend_ep is not None:
                         svc[(ip_to_int(backend_ep.ipv4) << 16) | port.target_port] = service.name
         keys = sorted(svc)
+        name_ips = sorted(ip for ip, names in self._names.items() if names)
         return _Tables(version=version, ep_ips=ep_ips, ep_rows=eps, identity_labels=labels,
-                       svc_keys=np.array(keys, dtype=np.uint64), svc_names=[svc[k] for k in keys])
+                       svc_keys=np.array(keys, dtype=np.uint64), svc_names=[svc[k] for k in keys],
+                       name_ips=np.array(name_ips, dtype=np.uint32), name_sets=[self._names[ip] for ip in name_ips])
 
 
 def lookup_sorted(keys: np.ndarray, values: np.ndarray) -> np.ndarray:

@@ -27,7 +27,8 @@ FILTERS = [
     "from_label", "to_label", "label", "from_identity", "to_identity", "identity",
     "from_ip", "to_ip", "ip", "from_port", "to_port", "port", "protocol",
     "from_service", "to_service", "service",
-    "http_method", "http_path", "http_status", "policy", "since", "until", "last",
+    "http_method", "http_path", "http_status", "policy", "fqdn", "from_fqdn", "to_fqdn", "dns_query",
+    "since", "until", "last",
 ]
 
 
@@ -210,6 +211,65 @@ def _policy_mask(frame: pd.DataFrame, values: list[str], known: set[str] | None)
     return mask
 
 
+_FQDN_PATTERN = re.compile(r"^[-0-9_a-z.*]+$")
+
+
+def fqdn_regex(patterns: list[str]) -> re.Pattern[str]:
+    """Hubble's FQDN patterns as one anchored regex: case folded, one trailing dot dropped, "*" any run of
+    ``[-.0-9a-z]`` (so "*.github.com" also matches "a.b.github.com"); other characters are an error.
+
+    Example::
+
+        >>> bool(fqdn_regex(["*.github.com."]).fullmatch("api.github.com"))
+        True
+    """
+    parts = []
+    for pattern in patterns:
+        text = str(pattern).strip()
+        text = text[:-1] if text.endswith(".") else text
+        text = text.lower()
+        if not text:
+            raise ValidationError("fqdn: empty pattern", hint='e.g. "api.github.com" or "*.github.com"')
+        if text.endswith("."):
+            raise ValidationError(f"fqdn: {pattern!r} has more than one trailing dot")
+        if not _FQDN_PATTERN.match(text):
+            raise ValidationError(f"fqdn: invalid pattern {pattern!r}",
+                                  hint='only letters, digits, "-", "_", "." and "*" are allowed')
+        parts.append(re.escape(text).replace(r"\*", "[-.0-9a-z]*"))
+    return re.compile(rf"(?:{'|'.join(parts)})")
+
+
+def _names_mask(frame: pd.DataFrame, side: str, regex: re.Pattern[str]) -> np.ndarray:
+    """Rows whose ``{side}_names`` has a name the regex matches whole (decided once per distinct name)."""
+    if not len(frame):
+        return np.zeros(0, bool)
+    lists = _as_list_array(frame[f"{side}_names"])
+    flat = pc.list_flatten(lists)
+    if not len(flat):
+        return np.zeros(len(frame), bool)
+    encoded = flat.dictionary_encode()
+    hit = np.array([regex.fullmatch(str(n)) is not None for n in encoded.dictionary.to_pylist()], bool)
+    flat_hit = hit[encoded.indices.to_numpy(zero_copy_only=False)]
+    if not flat_hit.any():
+        return np.zeros(len(frame), bool)
+    parents = pc.list_parent_indices(lists).to_numpy()
+    return np.bincount(parents[flat_hit], minlength=len(frame)) > 0
+
+
+def _regex_mask(column: pd.Series, name: str, patterns: list[Any]) -> np.ndarray:
+    """Rows whose text matches (re.search, as Go's MatchString) any pattern; missing text never does."""
+    hit = np.zeros(len(column), bool)
+    codes, texts = pd.factorize(column)   # the regexes run once per distinct value
+    for pattern in patterns:
+        try:
+            regex = re.compile(str(pattern))
+        except re.error as err:
+            raise ValidationError(f"{name}: invalid regular expression {pattern!r}: {err}") from err
+        matches = np.array([regex.search(str(t)) is not None for t in texts] + [False], bool)
+        hit |= matches[codes]
+    return hit
+
+
 def _ip_mask(series: pd.Series, values: list[str]) -> np.ndarray:
     mask = np.zeros(len(series), bool)
     addresses = _distinct(series)
@@ -263,6 +323,8 @@ def flows(source: pd.DataFrame | FlowSource, **filters: Any) -> pd.DataFrame:
     from_service/to_service/service, http_method, http_path (regex),
     http_status (403 or "4+"), policy ("namespace/name", or "name" when one
     policy has it: the flows whose ``*_allowed_by``/``*_denied_by`` name it),
+    fqdn/from_fqdn/to_fqdn (Hubble's FQDN pattern, "*.github.com", over
+    ``src_names``/``dst_names``), dns_query (regex over ``dns_query``),
     since/until (time or "5m"), last (N newest).
 
     Example::
@@ -355,6 +417,15 @@ def flows(source: pd.DataFrame | FlowSource, **filters: Any) -> pd.DataFrame:
                 matches = np.array([regex.search(_url_path(str(u))) is not None for u in urls] + [False], bool)
                 hit |= matches[codes]
             mask &= hit
+        elif name in ("from_fqdn", "to_fqdn", "fqdn"):
+            regex = fqdn_regex([str(v) for v in _values(value)])
+            sides = {"from_fqdn": ["src"], "to_fqdn": ["dst"], "fqdn": ["src", "dst"]}[name]
+            hit = np.zeros(len(frame), bool)
+            for side in sides:
+                hit |= _names_mask(frame, side, regex)
+            mask &= hit
+        elif name == "dns_query":
+            mask &= _regex_mask(frame.dns_query, "dns_query", _values(value))
         elif name == "http_status":
             mask &= _status_mask(frame.http_code, _values(value))
         elif name == "policy":

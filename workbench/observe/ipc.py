@@ -10,7 +10,7 @@ Example::
     >>> from workbench.observe.schema import empty_flows
     >>> frame = from_ipc(to_ipc(empty_flows()))
     >>> frame.shape
-    (0, 32)
+    (0, 43)
 """
 
 from __future__ import annotations

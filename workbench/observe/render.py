@@ -28,10 +28,24 @@ def _missing(value: Any) -> bool:
 
 
 def _endpoint(row: Any, side: str) -> str:
+    """"ns/pod:port"; without a pod the DNS names known for the address ("api.github.com:443"), else the IP."""
     pod, ns = getattr(row, f"{side}_pod"), getattr(row, f"{side}_namespace")
     port = int(getattr(row, f"{side}_port"))
-    name = f"{ns}/{pod}" if not _missing(pod) else str(getattr(row, f"{side}_ip"))
+    names = _listed(getattr(row, f"{side}_names", None))
+    if not _missing(pod):
+        name = f"{ns}/{pod}"
+    elif names:
+        name = ",".join(str(n) for n in names)
+    else:
+        name = str(getattr(row, f"{side}_ip"))
     return f"{name}:{port}" if port else name
+
+
+def _l7_kind(row: Any) -> str:
+    """Hubble's L7 flow type: dns-request / dns-response / http-request / http-response."""
+    if not _missing(getattr(row, "dns_query", None)):
+        return "dns-response" if not _missing(row.dns_rcode) else "dns-request"
+    return "http-response" if not _missing(row.http_code) else "http-request"
 
 
 def _identity(row: Any, side: str) -> str:
@@ -47,7 +61,9 @@ def compact_line(row: Any) -> str:
 
     ``Nov 26 06:40:01.123: default/xwing:41234 (ID:258) -> default/deathstar-6c94dcc57b-6chpk:80
     (ID:257) policy-verdict:none INGRESS DENIED (TCP Flags: SYN)``; a flow a policy decided ends
-    with ``(allowed by default/rule1)`` or ``(denied by default/no-xwing)``.
+    with ``(allowed by default/rule1)`` or ``(denied by default/no-xwing)``. DNS rows read
+    ``dns-request FORWARDED (DNS Query api.github.com. A)``; an address with known DNS names
+    and no pod shows the names (``api.github.com:443``), as Hubble does.
     """
     stamp = row.time.strftime("%b %d %H:%M:%S.") + f"{row.time.microsecond // 1000:03d}"
     event, verdict = str(row.event_type), str(row.verdict)
@@ -56,8 +72,7 @@ def compact_line(row: Any) -> str:
     elif event == "drop":
         what = f"{row.drop_reason_desc} DROPPED"
     elif event == "l7":
-        kind = "http-response" if not _missing(row.http_code) else "http-request"
-        what = f"{kind} {verdict}"
+        what = f"{_l7_kind(row)} {verdict}"
     else:
         point = abi.TRACE_POINT_BY_DIRECTION.get(str(row.traffic_direction), "trace")
         what = f"{point} {verdict}"
@@ -108,7 +123,7 @@ def format_table(frame: pd.DataFrame) -> str:
         elif event == "trace":
             kind = abi.TRACE_POINT_BY_DIRECTION.get(str(row.traffic_direction), "trace")
         else:
-            kind = "http-response" if not _missing(row.http_code) else "http-request"
+            kind = _l7_kind(row)
         stamp = row.time.strftime("%b %d %H:%M:%S.") + f"{row.time.microsecond // 1000:03d}"
         rows.append([stamp, _endpoint(row, "src"), _endpoint(row, "dst"), kind, str(row.verdict), str(row.summary)])
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]

@@ -21,7 +21,13 @@ Dtype choices and why:
   type, holding "namespace/name" keys ("name" for a clusterwide policy); an
   empty list, never missing, when no policy is named.
 - Values that can be absent are missing (NaN/<NA>), never sentinel numbers:
-  http_code and l7_latency_ns are nullable ints, is_reply is a nullable bool.
+  http_code, l7_latency_ns, dns_rcode and dns_ttl are nullable ints, is_reply
+  is a nullable bool.
+- DNS (Hubble's ``l7.dns`` and ``source_names`` / ``destination_names``):
+  ``dns_query`` is the queried name as the wire has it, with its trailing dot
+  ("api.github.com."); the lists (``dns_qtypes``, ``dns_ips``, ``src_names``,
+  ``dst_names``) are list columns like the labels, empty on rows without them;
+  names are written without the trailing dot ("api.github.com"), as Hubble does.
 """
 
 from __future__ import annotations
@@ -93,6 +99,13 @@ FLOW_DTYPES: dict[str, Any] = {
     "http_url": pd.StringDtype(na_value=np.nan),
     "http_code": pd.Int16Dtype(),
     "l7_latency_ns": pd.Int64Dtype(),
+    "dns_query": pd.StringDtype(na_value=np.nan),
+    "dns_rcode": pd.Int16Dtype(),
+    "dns_qtypes": LABELS_DTYPE,
+    "dns_ips": LABELS_DTYPE,
+    "dns_ttl": pd.UInt32Dtype(),
+    "src_names": LABELS_DTYPE,
+    "dst_names": LABELS_DTYPE,
     "bytes": np.dtype("int64"),
     "node_name": DYNAMIC_CATEGORY,
     "summary": DYNAMIC_CATEGORY,
@@ -111,7 +124,10 @@ DYNAMIC_CATEGORICALS = [name for name, dt in FLOW_DTYPES.items() if is_dynamic(d
 LABEL_COLUMNS = ["src_labels", "dst_labels"]
 # Hubble's policy attribution: (direction, allowed?) -> column.
 POLICY_COLUMNS = ["ingress_allowed_by", "egress_allowed_by", "ingress_denied_by", "egress_denied_by"]
-LIST_COLUMNS = LABEL_COLUMNS + POLICY_COLUMNS
+# DNS: the query's types and the answer's addresses; the names the agent learned for each side's IP.
+DNS_LIST_COLUMNS = ["dns_qtypes", "dns_ips"]
+NAME_COLUMNS = ["src_names", "dst_names"]
+LIST_COLUMNS = LABEL_COLUMNS + POLICY_COLUMNS + DNS_LIST_COLUMNS + NAME_COLUMNS
 
 
 def dynamic_categorical(values: Any) -> pd.Categorical:

@@ -14,6 +14,11 @@ cookie table's ``rules_of``) turns it into the policies' keys, interned like
 label sets, and :func:`build_frame` puts them in Hubble's four columns by the
 event's direction and whether a deny rule decided (drop reason POLICY_DENY).
 
+DNS: the proxy's rows carry the query (interned like URLs), its types and
+the answer's addresses (interned like label sets); every row gets the DNS
+names the context knows for its two addresses (``src_names`` / ``dst_names``),
+one ``searchsorted`` per side and batch.
+
 Lost events are never silent: the datapath's own counter (ring buffer full)
 and the reader's count (e.g. a short read) add up in ``lost_events``, which is
 in every frame's ``attrs`` and in the metrics.
@@ -47,7 +52,12 @@ RING_COLUMNS: dict[str, str] = {
     "dst_ns": "i4", "src_svc": "i4", "dst_svc": "i4", "match_type": "i1", "http_method": "i1",
     "http_url": "i4", "http_code": "i2", "l7_latency_ns": "i8", "bytes": "i8", "node": "i4",
     "summary": "i4", "policies": "i4",   # label-set code of the deciding entry's policies; -1 none
+    # DNS: query (name code), rcode, qtypes / ips / answer record types (label-set codes), ttl;
+    # the answer types only feed the metrics (Hubble's rrtypes), they are no column of the frame.
+    "dns_query": "i4", "dns_rcode": "i2", "dns_qtypes": "i4", "dns_ips": "i4", "dns_ttl": "i8",
+    "dns_rrtypes": "i4", "src_names": "i4", "dst_names": "i4",
 }
+DNS_RING_COLUMNS = ["dns_query", "dns_rcode", "dns_qtypes", "dns_ips", "dns_ttl", "dns_rrtypes"]
 Batch = dict[str, np.ndarray]
 
 
@@ -73,6 +83,11 @@ _TCP = schema.PROTOCOLS.index(abi.PROTOCOL_NAMES[abi.IPPROTO_TCP])
 _POLICY_VERDICT = schema.EVENT_TYPES.index(abi.FLOW_EVENT_TYPE_NAMES[abi.EVENT_POLICY_VERDICT])
 _INGRESS = schema.DIRECTIONS.index(abi.DIRECTION_NAMES[abi.DIR_INGRESS])
 _EGRESS = schema.DIRECTIONS.index(abi.DIRECTION_NAMES[abi.DIR_EGRESS])
+
+
+def without_dns(n: int) -> Batch:
+    """The DNS ring columns of ``n`` rows that are no DNS exchange (every value absent)."""
+    return {name: np.full(n, -1, RING_COLUMNS[name]) for name in DNS_RING_COLUMNS}
 
 
 def no_cookie_names(cookie: int) -> tuple[str, ...]:
@@ -128,6 +143,7 @@ class FlowStore:
         self._ep_cache: tuple[int, np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None = None
         self._svc_cache: tuple[int, np.ndarray] | None = None
         self._ident_table: tuple[int, np.ndarray, np.ndarray] | None = None
+        self._names_cache: tuple[int, np.ndarray] | None = None
         self._seen_pods: set[str] = set()
         #: policy cookie -> the policies' keys ("namespace/name"); the agent sets its cookie table's rules_of
         self.cookie_names: Callable[[int], tuple[str, ...]] = no_cookie_names
@@ -241,6 +257,7 @@ class FlowStore:
                 "bytes": np.array([bytes], np.int64),
                 "summary": np.array([self.names.code(("summary", summary))], np.int32),
                 "policies": np.array([self.policy_code(policies)], np.int32),
+                **without_dns(1),
             })
             self._append(batch)
 
@@ -286,6 +303,7 @@ class FlowStore:
             "bytes": (e["bytes"] + np.where(is_conn, e["reply_bytes"], 0)).astype(np.int64),
             "summary": conn_summary,  # -1: derived from protocol and flags when read
             "policies": self._policy_codes(e["policy_cookie"]),
+            **without_dns(n),
         })
         return batch
 
@@ -333,10 +351,17 @@ class FlowStore:
             out[unknown] = self.label_sets.code(())
         return out
 
+    def _name_codes(self, t: _Tables) -> np.ndarray:
+        """Label-set codes of the context's name sets, parallel to ``t.name_ips`` (once per context version)."""
+        if self._names_cache is None or self._names_cache[0] != t.version:
+            self._names_cache = (t.version, np.array([self.label_sets.code(n) for n in t.name_sets], np.int32))
+        return self._names_cache[1]
+
     def _enrich_common(self, b: Batch) -> Batch:
         t = self.context.tables
         pods, nss, idents, _ = self._endpoint_codes(t)
         svc_codes = self._service_codes(t)
+        name_codes = self._name_codes(t)
         out = dict(b)
         for side in ("src", "dst"):
             row = lookup_sorted(t.ep_ips, b[f"{side}_ip"])
@@ -355,6 +380,9 @@ class FlowStore:
             svc_row = lookup_sorted(t.svc_keys, key)
             out[f"{side}_svc"] = (np.where(svc_row >= 0, svc_codes[np.maximum(svc_row, 0)], -1).astype(np.int32)
                                   if len(svc_codes) else np.full(len(row), -1, np.int32))
+            name_row = lookup_sorted(t.name_ips, b[f"{side}_ip"])
+            out[f"{side}_names"] = (np.where(name_row >= 0, name_codes[np.maximum(name_row, 0)], -1).astype(np.int32)
+                                    if len(name_codes) else np.full(len(row), -1, np.int32))
         n = len(b["src_ip"])
         labels = self._labels_for(t, np.concatenate([out["src_identity"], out["dst_identity"]]))
         out["src_labels"], out["dst_labels"] = labels[:n], labels[n:]
@@ -379,7 +407,7 @@ class FlowStore:
             if first < n:
                 column[:n - first] = values[first:]
         self.seq += skipped + n
-        self.metrics.observe(whole)
+        self.metrics.observe(whole, self.label_sets.values)
         for listener in self._listeners:
             listener(whole)
 
@@ -534,11 +562,12 @@ def build_frame(rows: Batch, names: list[Any], label_array: pa.Array) -> pd.Data
         name = schema.PROTOCOLS[proto]
         return f"TCP Flags: {abi.tcp_flags_text(fl)}" if name == "TCP" else name
 
-    def url_array() -> Any:
-        codes = rows["http_url"]
+    def text_array(column: str) -> Any:
+        """Name-table codes (-1: missing) -> the column's nullable strings, one dictionary decode."""
+        codes = rows[column]
         arr = pa.DictionaryArray.from_arrays(pa.array(codes.astype(np.int32), mask=codes < 0),
                                              pa.array(table, pa.large_string())).dictionary_decode()
-        return pd.array(arr, dtype=schema.FLOW_DTYPES["http_url"])
+        return pd.array(arr, dtype=schema.FLOW_DTYPES[column])
 
     reply = rows["is_reply"]
     data: dict[str, Any] = {
@@ -570,10 +599,17 @@ def build_frame(rows: Batch, names: list[Any], label_array: pa.Array) -> pd.Data
         "policy_match_type": _fixed(rows["match_type"], "policy_match_type"),
         **_policy_columns(rows, label_array),
         "http_method": _fixed(rows["http_method"], "http_method"),
-        "http_url": url_array(),
+        "http_url": text_array("http_url"),
         "http_code": pd.arrays.IntegerArray(rows["http_code"].astype(np.int16), rows["http_code"] < 0),
         "l7_latency_ns": pd.arrays.IntegerArray(rows["l7_latency_ns"].astype(np.int64),
                                                 rows["l7_latency_ns"] < 0),
+        "dns_query": text_array("dns_query"),
+        "dns_rcode": pd.arrays.IntegerArray(rows["dns_rcode"].astype(np.int16), rows["dns_rcode"] < 0),
+        "dns_qtypes": _labels_column(rows["dns_qtypes"], label_array),
+        "dns_ips": _labels_column(rows["dns_ips"], label_array),
+        "dns_ttl": pd.arrays.IntegerArray(np.maximum(rows["dns_ttl"], 0).astype(np.uint32), rows["dns_ttl"] < 0),
+        "src_names": _labels_column(rows["src_names"], label_array),
+        "dst_names": _labels_column(rows["dst_names"], label_array),
         "bytes": rows["bytes"].astype(np.int64),
         "node_name": _small_categorical(rows["node"], table),
         "summary": _categorical_from_range(summary_keys, -2 - (255 * 256 + 255), max(len(table), 1),
