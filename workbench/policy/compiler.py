@@ -326,7 +326,7 @@ def _check_one_l7_protocol(doc: PolicyDocument, rule: PolicyRule, key: EntryKey,
     """One map key goes to one proxy: HTTP rules and DNS rules for the same key are refused (as in Cilium)."""
     other = dns if rule.http is not None else http
     if key in other:
-        where = DocRef(doc.index, doc.kind, doc.name, doc.source)
+        where = DocRef(doc.index, doc.kind, doc.key, doc.source)
         mine, theirs = ("HTTP", "DNS") if rule.http is not None else ("DNS", "HTTP")
         raise where.error(rule.path, f"{mine} rules for a peer and port that {l7_by[key]} gives {theirs} rules "
                                      "(one L7 protocol per port, as in Cilium)",
