@@ -8,6 +8,7 @@ import re
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import duckdb
 import numpy as np
@@ -61,6 +62,13 @@ def test_dns_columns_sit_between_l7_latency_and_bytes_in_order():
     empty = schema.empty_flows()
     schema.validate_flows(empty)
     assert list(empty.columns) == schema.COLUMNS
+
+
+def test_docs_list_the_columns_in_the_schemas_order():
+    text = (Path(__file__).resolve().parents[2] / "docs" / "flows.md").read_text()
+    documented = re.findall(r"^\| (\d+) \| `(\w+)` \|", text, flags=re.MULTILINE)
+    assert [int(n) for n, _ in documented] == list(range(1, len(schema.COLUMNS) + 1))
+    assert [name for _, name in documented] == schema.COLUMNS
 
 
 # -- rows of the DNS proxy ----------------------------------------------------------------------

@@ -48,7 +48,17 @@ def query_flows(client: AgentClient, after: int | None = None, **filters: Any) -
 
 
 def agent_flows(lab: str | None = None, after: int | None = None, **filters: Any) -> pd.DataFrame:
-    """The lab's flows, filtered in the agent; ``attrs`` has ``lost_events`` and ``seq``."""
+    """The lab's flows, filtered in the agent; ``attrs`` has ``lost_events`` and ``seq``.
+
+    ``filters`` are :func:`workbench.observe.filters.flows`' keyword arguments, the
+    DNS ones included: ``fqdn`` / ``from_fqdn`` / ``to_fqdn`` (Hubble's FQDN pattern
+    over ``src_names`` / ``dst_names``, e.g. ``"*.github.com"``) and ``dns_query``
+    (a regex over ``dns_query``).
+
+    Example::
+
+        >>> agent_flows("demo", to_fqdn="api.github.com", last=20)   # doctest: +SKIP
+    """
     return query_flows(_client(lab), after=after, **filters)
 
 
