@@ -72,7 +72,7 @@ def lab() -> Iterator[str]:
     name = f"cmd{uuid.uuid4().hex[:6]}"
     try:
         up = cli("lab", "up", "--lab", name).stdout
-        assert f"lab {name} is up: 4 pods, 1 services, 6 identities" in up, up
+        assert f"lab {name} is up: 5 pods, 2 services, 7 identities" in up, up   # the demo and kube-system/kube-dns
         yield name
     finally:
         wb.Lab(name).down()    # idempotent: the CLI's `lab down` test normally did it already
@@ -114,26 +114,28 @@ def test_kernel_install_writes_a_kernelspec_for_this_python(tmp_path: Path) -> N
 
 def test_lab_up_twice_keeps_the_running_lab(lab: str) -> None:
     again = cli_json("lab", "up", "--lab", lab)
-    assert again["already_up"] is True and again["status"]["pods"] == 4
+    assert again["already_up"] is True and again["status"]["pods"] == 5
 
 
 def test_lab_status_and_list(lab: str) -> None:
     status = cli_json("lab", "status", "--lab", lab)
-    assert status["status"] == "ready" and status["lab"] == lab and status["pods"] == 4
+    assert status["status"] == "ready" and status["lab"] == lab and status["pods"] == 5
     assert lab in {row["lab"] for row in cli_json("lab", "list")}
     absent = f"cmdgone{uuid.uuid4().hex[:6]}"
     assert cli("lab", "status", "--lab", absent, expect=1).returncode == 1   # not up: exit 1
 
 
 def test_endpoint_service_and_identity_lists_agree(lab: str, pods: dict[str, dict[str, Any]]) -> None:
-    assert len(pods) == 4 and {"xwing", "tiefighter"} <= set(pods) and len(deathstars(pods)) == 2
+    assert len(pods) == 5 and {"xwing", "tiefighter", "kube-dns"} <= set(pods) and len(deathstars(pods)) == 2
     services = cli_json("service", "list", "--lab", lab)
-    assert [(s["namespace"], s["name"]) for s in services] == [("default", "deathstar")]
+    assert [(s["namespace"], s["name"]) for s in services] == [("default", "deathstar"), ("kube-system", "kube-dns")]
+    assert (services[1]["cluster_ip"], services[1]["backends"]) == ("10.96.0.10", ["kube-dns"])
     assert sorted(services[0]["backends"]) == deathstars(pods)
     identities = {row["id"]: row["labels"] for row in cli_json("identity", "list", "--lab", lab)}
     assert identities[1] == ["reserved:host"] and identities[2] == ["reserved:world"]
     assert identities[4] == ["reserved:health"]
-    assert len(identities) == 6
+    assert len(identities) == 7
+    assert "k8s:k8s-app=kube-dns" in identities[pods["kube-dns"]["identity"]]
     for pod, org in (("xwing", "alliance"), ("tiefighter", "empire")):
         assert f"k8s:org={org}" in identities[pods[pod]["identity"]]
         assert f"k8s:class={pod}" in identities[pods[pod]["identity"]]

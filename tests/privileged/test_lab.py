@@ -41,7 +41,7 @@ def demo() -> Iterator[str]:
     try:
         proc = wb("lab", "up", "--name", name)
         assert proc.returncode == 0, proc.stdout + proc.stderr
-        assert f"lab {name} is up: 4 pods, 1 services" in proc.stdout
+        assert f"lab {name} is up: 5 pods, 2 services" in proc.stdout   # with kube-system/kube-dns
         yield name
     finally:
         state.teardown(name)
@@ -57,11 +57,14 @@ def endpoints(name: str) -> list[dict[str, object]]:
 def test_endpoints_have_identities_ips_and_pods(demo: str) -> None:
     eps = {str(ep["pod"]).split("-")[0]: ep for ep in endpoints(demo)}
     rows = endpoints(demo)
-    assert sorted(str(ep["pod"]).split("-")[0] for ep in rows) == ["deathstar", "deathstar", "tiefighter", "xwing"]
+    assert sorted(str(ep["pod"]).split("-")[0] for ep in rows) == ["deathstar", "deathstar", "kube", "tiefighter",
+                                                                  "xwing"]
     deathstars = [ep for ep in rows if str(ep["pod"]).startswith("deathstar-")]
     assert deathstars[0]["identity"] == deathstars[1]["identity"]       # replicas share the identity
-    ids = {eps["deathstar"]["identity"], eps["tiefighter"]["identity"], eps["xwing"]["identity"]}
-    assert len(ids) == 3 and min(ids) >= 256                             # type: ignore[type-var]
+    ids = {eps[pod]["identity"] for pod in ("deathstar", "tiefighter", "xwing", "kube")}
+    assert len(ids) == 4 and min(ids) >= 256                             # type: ignore[type-var]
+    # the lab's DNS pod carries the labels Cilium policies select kube-dns by
+    assert {"k8s:k8s-app=kube-dns", "k8s:io.kubernetes.pod.namespace=kube-system"} <= set(eps["kube"]["labels"])  # type: ignore[call-overload]
     assert "k8s:org=alliance" in eps["xwing"]["labels"]                  # type: ignore[operator]
     assert "k8s:io.kubernetes.pod.namespace=default" in eps["xwing"]["labels"]  # type: ignore[operator]
     assert all(str(ep["ipv4"]).startswith("10.244.") for ep in rows)
@@ -139,6 +142,9 @@ def test_pods_route_only_lab_cidrs(demo: str) -> None:
     assert proc.returncode != 0 and "unreachable" in proc.stderr.lower()
     proc = wb("exec", "--name", demo, "xwing", "--", "ip", "route", "get", "192.0.2.10")
     assert proc.returncode == 0 and "via 169.254.1.1" in proc.stdout
+    # no external host of the demo is on 198.51.100.0/24, so pods have no route there
+    proc = wb("exec", "--name", demo, "xwing", "--", "ip", "route", "get", "198.51.100.20")
+    assert proc.returncode != 0 and "unreachable" in proc.stderr.lower()
 
 
 def _lab_addresses(frame: bytes) -> bool:
@@ -146,7 +152,8 @@ def _lab_addresses(frame: bytes) -> bool:
     if len(frame) < 34 or frame[12:14] != b"\x08\x00":
         return False
     for addr in (frame[26:30], frame[30:34]):
-        if addr[:2] in (b"\x0a\xf4", b"\x0a\x60") or addr[:3] == b"\xc0\x00\x02" or addr == b"\xa9\xfe\x01\x01":
+        if (addr[:2] in (b"\x0a\xf4", b"\x0a\x60") or addr[:3] in (b"\xc0\x00\x02", b"\xc6\x33\x64")
+                or addr == b"\xa9\xfe\x01\x01"):
             return True
     return False
 
@@ -193,7 +200,7 @@ def test_lab_up_twice_says_it_is_up(demo: str) -> None:
     proc = wb("lab", "up", "--name", demo)
     assert proc.returncode == 0
     assert f"lab {demo} is already up" in proc.stdout
-    assert len(endpoints(demo)) == 4
+    assert len(endpoints(demo)) == 5
 
 
 def test_exec_missing_pod_lists_the_pods(demo: str) -> None:
@@ -238,7 +245,7 @@ def test_python_api_and_magic_command_share_the_lab(demo: str) -> None:
     lab = wb_api.Lab.connect(demo)
     frame = lab.endpoints
     assert list(frame.columns[:6]) == ["id", "identity", "labels", "ipv4", "pod", "namespace"]
-    assert len(frame) == 4 and "xwing" in lab._repr_html_()
+    assert len(frame) == 5 and "xwing" in lab._repr_html_()
     assert lab.services.iloc[0]["cluster_ip"].startswith("10.96.")
     assert lab.exec("xwing", LANDING).stdout == "Ship landed\n"
     _, result = run(["endpoint", "list", "--name", demo])
@@ -278,7 +285,7 @@ def test_lab_down_after_sigkill_of_the_agent_leaves_nothing() -> None:
         agent_pid = int(state.pid_path(name).read_text())
         pod_pids = [int(p) for cg in state.lab_cgroup(name).iterdir() if cg.is_dir()
                     for p in (cg / "cgroup.procs").read_text().split()]
-        assert len(pod_pids) >= 4          # agent, world echo, two deathstars
+        assert len(pod_pids) >= 5          # agent, world echo, two deathstars, kube-dns
         os.kill(agent_pid, signal.SIGKILL)
         status = wb("lab", "status", "--name", name, "--json")
         assert status.returncode == 1 and json.loads(status.stdout)["status"] == "broken"
@@ -328,7 +335,7 @@ def test_lab_list_shows_the_running_lab(demo: str) -> None:
     proc = wb("lab", "list", "--json")
     assert proc.returncode == 0
     rows = {row["lab"]: row for row in json.loads(proc.stdout)}
-    assert rows[demo]["status"] == "ready" and rows[demo]["pods"] == 4
+    assert rows[demo]["status"] == "ready" and rows[demo]["pods"] == 5
 
 
 def test_connectivity_test_expects_what_the_active_policy_allows() -> None:

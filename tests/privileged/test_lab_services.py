@@ -102,8 +102,12 @@ def own_echo_lab() -> Iterator[wb.Lab]:
 
 def test_pods_use_the_configured_cidrs(echo_lab: wb.Lab) -> None:
     frame = echo_lab.endpoints
-    assert len(frame) == 4 and all(ip.startswith("10.77.") for ip in frame["ipv4"])
+    assert len(frame) == 5 and all(ip.startswith("10.77.") for ip in frame["ipv4"])   # 4 pods and kube-dns
     assert echo_lab.services.iloc[0]["cluster_ip"].startswith("10.78.")
+    # the lab's DNS service takes the service CIDR's .10, and pods ask it
+    dns = echo_lab.services.set_index("name").loc["kube-dns"]
+    assert (dns["namespace"], dns["cluster_ip"]) == ("kube-system", "10.78.0.10")
+    assert "nameserver 10.78.0.10\n" in echo_lab.exec("client", "cat /etc/resolv.conf", check=True).stdout
 
 
 def test_namespace_labels_are_part_of_identities(echo_lab: wb.Lab) -> None:

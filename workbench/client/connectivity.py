@@ -26,6 +26,7 @@ from typing import Any
 
 from workbench.client.transport import AgentClient
 from workbench.errors import NotFoundError
+from workbench.lab.clusterdns import DNS_APP
 from workbench.lab.ipam import WORLD_HOST
 from workbench.node.processes import exec_argv
 
@@ -70,7 +71,12 @@ def _representatives(endpoints: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def plan_probes(endpoints: list[dict[str, Any]], services: list[dict[str, Any]]) -> list[Probe]:
-    """The probe matrix for a lab (pure: from the agent's endpoint and service listings)."""
+    """The probe matrix for a lab (pure: from the agent's endpoint and service listings).
+
+    The lab's DNS pod (kube-system/kube-dns) is infrastructure, as in `cilium connectivity test`: it is
+    no source, and neither it nor its service is a destination (it answers DNS, neither HTTP nor echo).
+    """
+    endpoints = [ep for ep in endpoints if ep["app"] != DNS_APP]
     by_pod = {ep["pod"]: ep for ep in endpoints}
     probes: list[Probe] = []
     for src in _representatives(endpoints):
