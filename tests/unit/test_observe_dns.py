@@ -34,7 +34,7 @@ DNS_COLUMNS = ["dns_query", "dns_rcode", "dns_qtypes", "dns_ips", "dns_ttl", "sr
 def dns_store(**kwargs):
     """The demo's DNS exchanges, then the names they teach, then datapath traffic to those addresses."""
     store = FlowStore(context=synthetic.star_wars_context(), **kwargs)
-    append_rows(store, [row for ex in synthetic.dns_exchanges(NOW) for row in dns_rows(ex)])
+    append_rows(store, [row for ex in synthetic.dns_exchanges(NOW) for row in dns_rows(DnsExchange(**ex))])
     store.context.update(names=synthetic.dns_names())
     store.ingest(synthetic.events([dict(src=XWING.ipv4, dst=GITHUB_IP, sport=41000, dport=443,
                                         direction="EGRESS", src_identity=XWING.identity, dst_identity=2),
@@ -166,7 +166,7 @@ def test_the_recorder_takes_both_exchange_kinds():
     store = FlowStore(context=synthetic.star_wars_context())
     recorder = FlowRecorder(store, interval=0.01)
     try:
-        recorder.put(synthetic.dns_exchanges(NOW)[0])
+        recorder.put(DnsExchange(**synthetic.dns_exchanges(NOW)[0]))
         recorder.put(Exchange(client=(XWING.ipv4, 2), server=("10.200.0.13", 80), method="GET",
                               url="http://deathstar/v1/", code=200, verdict="FORWARDED", latency_ns=1000,
                               decision=None))
@@ -260,7 +260,7 @@ def test_the_archive_writes_the_dns_columns(tmp_path):
     store = FlowStore(context=synthetic.star_wars_context())
     archiver = ContinuousArchiver(store, tmp_path / "archive", flush_rows=1, flush_seconds=0.05)
     try:
-        append_rows(store, [row for ex in synthetic.dns_exchanges(NOW) for row in dns_rows(ex)])
+        append_rows(store, [row for ex in synthetic.dns_exchanges(NOW) for row in dns_rows(DnsExchange(**ex))])
         store.context.update(names=synthetic.dns_names())
         store.ingest(synthetic.events([dict(src=XWING.ipv4, dst=GITHUB_IP, dport=443)]))
     finally:

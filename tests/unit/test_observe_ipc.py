@@ -10,7 +10,7 @@ import pytest
 
 from workbench.agent.api import LocalAPI
 from workbench.agent.flows import FlowService, ObserveOptions
-from workbench.agent.l7.flows import append_rows, dns_rows
+from workbench.agent.l7.flows import DnsExchange, append_rows, dns_rows
 from workbench.client.flows import query_flows
 from workbench.client.transport import AgentClient
 from workbench.errors import ValidationError
@@ -35,7 +35,7 @@ def fill(store):
                  http_url="http://deathstar/v1/", http_code=None, l7_latency_ns=None, is_reply=False)
     store.context.update(names=synthetic.dns_names())   # src_names / dst_names of the rows after this
     store.ingest(synthetic.random_events(100, seed=5))
-    append_rows(store, [row for ex in synthetic.dns_exchanges() for row in dns_rows(ex)])
+    append_rows(store, [row for ex in synthetic.dns_exchanges() for row in dns_rows(DnsExchange(**ex))])
     store.record_lost(2)
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
@@ -17,9 +17,6 @@ from workbench.datapath import abi
 from workbench.lab.model import Endpoint, Identity, Service, ServicePort
 from workbench.observe import events as ev
 from workbench.observe.enrich import EnrichmentContext, ip_to_int
-
-if TYPE_CHECKING:
-    from workbench.agent.l7.flows import DnsExchange
 
 XWING = Endpoint(1, "xwing", "default", "10.200.0.11", 258,
                  ("k8s:class=xwing", "k8s:io.kubernetes.pod.namespace=default", "k8s:org=alliance"),
@@ -109,29 +106,29 @@ def dns_names() -> dict[str, tuple[str, ...]]:
     return {GITHUB_IP: ("api.github.com",), WORLD_IP: ("www.example.org",)}
 
 
-def dns_exchanges(now_ns: int | None = None) -> list[DnsExchange]:
-    """DNS exchanges of the demo pods, one of each kind (rows via ``workbench.agent.l7.flows.dns_rows``).
+def dns_exchanges(now_ns: int | None = None) -> list[dict[str, Any]]:
+    """DNS exchanges of the demo pods, one of each kind, as keyword arguments of the agent's
+    ``DnsExchange`` (``[dns_rows(DnsExchange(**ex)) for ex in dns_exchanges()]``; this layer
+    cannot import the agent).
 
     xwing resolves api.github.com (A, allowed by default/allow-github-dns) and
     www.example.org over TCP (A, an answer with a CNAME); tiefighter gets
     NXDOMAIN for nope.example.org and is refused evil.example.com (AAAA).
     """
-    from workbench.agent.l7.flows import DnsExchange
-
     now = time.time_ns() if now_ns is None else now_ns
     server = (DNS_SERVER_IP, 53)
     allow = ("default/allow-github-dns",)
     return [
-        DnsExchange(client=(XWING.ipv4, 40101), server=server, query="api.github.com.", qtypes=("A",),
-                    src_identity=XWING.identity, rcode=0, ips=(GITHUB_IP,), ttl=30, policies=allow,
-                    latency_ns=1_200_000, request_bytes=60, response_bytes=76, time_ns=now),
-        DnsExchange(client=(XWING.ipv4, 40102), server=server, query="www.example.org.", qtypes=("A",),
-                    protocol="TCP", src_identity=XWING.identity, rcode=0, ips=(WORLD_IP,), ttl=300,
-                    cnames=("example.org.",), policies=allow, latency_ns=900_000, request_bytes=62,
-                    response_bytes=110, time_ns=now + 1000),
-        DnsExchange(client=(TIEFIGHTER.ipv4, 40201), server=server, query="nope.example.org.", qtypes=("A",),
-                    src_identity=TIEFIGHTER.identity, rcode=3, ttl=0, latency_ns=700_000,
-                    request_bytes=63, response_bytes=63, time_ns=now + 2000),
-        DnsExchange(client=(TIEFIGHTER.ipv4, 40202), server=server, query="evil.example.com.", qtypes=("AAAA",),
-                    verdict="DROPPED", src_identity=TIEFIGHTER.identity, request_bytes=62, time_ns=now + 3000),
+        dict(client=(XWING.ipv4, 40101), server=server, query="api.github.com.", qtypes=("A",),
+             src_identity=XWING.identity, rcode=0, ips=(GITHUB_IP,), ttl=30, policies=allow,
+             latency_ns=1_200_000, request_bytes=60, response_bytes=76, time_ns=now),
+        dict(client=(XWING.ipv4, 40102), server=server, query="www.example.org.", qtypes=("A",),
+             protocol="TCP", src_identity=XWING.identity, rcode=0, ips=(WORLD_IP,), ttl=300,
+             cnames=("example.org.",), policies=allow, latency_ns=900_000, request_bytes=62,
+             response_bytes=110, time_ns=now + 1000),
+        dict(client=(TIEFIGHTER.ipv4, 40201), server=server, query="nope.example.org.", qtypes=("A",),
+             src_identity=TIEFIGHTER.identity, rcode=3, ttl=0, latency_ns=700_000,
+             request_bytes=63, response_bytes=63, time_ns=now + 2000),
+        dict(client=(TIEFIGHTER.ipv4, 40202), server=server, query="evil.example.com.", qtypes=("AAAA",),
+             verdict="DROPPED", src_identity=TIEFIGHTER.identity, request_bytes=62, time_ns=now + 3000),
     ]
