@@ -10,8 +10,10 @@
  *    destination's to-container judges the proxy's upstream connection and
  *    counts it then).
  * The conntrack entry keeps the proxy port, so every later packet of the
- * connection is assigned too. The proxy's accepted socket has the original
- * destination as its local address; its replies leave with that source and
+ * connection is assigned too. UDP (the DNS proxy: egress entries of DNS
+ * rules carry its port) goes the same way, to the proxy's UDP socket.
+ * The proxy's accepted socket has the original destination as its local
+ * address; its replies leave with that source and
  * pass the client's to-container as replies of the client's connection.
  *
  * Why socket assignment: the destination address stays untouched (no NAT,
@@ -86,10 +88,32 @@ static __always_inline __u16 l7_ingress_proxy_port(__u8 gen, __u32 daddr, __u32 
     return res.outcome == WB_POLICY_ALLOW ? res.proxy_port : 0;
 }
 
+/* A datagram for the DNS proxy: its one UDP socket on 127.0.0.1:<port>
+ * takes every redirected datagram (there is no per-flow socket to find); it
+ * reads the original destination with IP_RECVORIGDSTADDR. */
+static __always_inline __u16 l7_assign_udp(struct __sk_buff *skb, __u16 proxy_port)
+{
+    struct bpf_sock_tuple t = {};
+    t.ipv4.daddr = L7_PROXY_ADDR;
+    t.ipv4.dport = bpf_htons(proxy_port);
+    struct bpf_sock *sk = bpf_sk_lookup_udp(skb, &t, sizeof(t.ipv4), BPF_F_CURRENT_NETNS, 0);
+    if (!sk)
+        return WB_DROP_SOCKET_LOOKUP_FAILED;
+    long err = bpf_sk_assign(skb, sk, 0);
+    bpf_sk_release(sk);
+    if (err)
+        return WB_DROP_SOCKET_ASSIGN_FAILED;
+    skb->mark = WB_MARK_MAGIC_TO_PROXY;
+    return 0;
+}
+
 /* Hand the packet to the proxy: the connection's accepted socket when it
- * exists, else the proxy's listener. Returns 0 or a WB_DROP_* reason. */
+ * exists, else the proxy's listener (UDP: the proxy's socket). Returns 0 or
+ * a WB_DROP_* reason. */
 static __always_inline __u16 l7_assign(struct __sk_buff *skb, const struct pkt *p, __u16 proxy_port)
 {
+    if (p->proto == IPPROTO_UDP)
+        return l7_assign_udp(skb, proxy_port);
     struct bpf_sock_tuple t = {};
     t.ipv4.saddr = p->saddr;
     t.ipv4.daddr = p->daddr;

@@ -55,6 +55,7 @@ class LabContext:
     endpoints: dict[str, Endpoint] = field(default_factory=dict)
     services: list[Service] = field(default_factory=list)
     frontends: list[Frontend] = field(default_factory=list)
+    fqdn_min_ttl: int = 0            # seconds; the DNS service's least TTL for learnt names
 
     @classmethod
     def load(cls, lab: str, lb: SocketLB) -> LabContext:
@@ -65,7 +66,8 @@ class LabContext:
                    pod_cidr=config.get("pod_cidr", DEFAULT_POD_CIDR),
                    service_cidr=config.get("service_cidr", DEFAULT_SERVICE_CIDR),
                    observe=ObserveOptions.from_config(config.get("observe")),
-                   identities=IdentityAllocator(directory / "identities.json"), lb=lb)
+                   identities=IdentityAllocator(directory / "identities.json"), lb=lb,
+                   fqdn_min_ttl=int((config.get("dns") or {}).get("min_ttl", 0)))
 
     @property
     def maps(self) -> Any:

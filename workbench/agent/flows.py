@@ -31,7 +31,7 @@ from workbench.datapath.loader import Datapath
 from workbench.datapath.ringreader import RingReader
 from workbench.errors import ValidationError
 from workbench.lab.identity import IdentityAllocator
-from workbench.lab.model import Endpoint, Service
+from workbench.lab.model import Endpoint, Identity, Service
 from workbench.observe.archive import ContinuousArchiver, export_parquet
 from workbench.observe.enrich import EnrichmentContext
 from workbench.observe.filters import flows
@@ -99,6 +99,7 @@ class FlowService:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._signature: tuple[int, int, int] = (-1, -1, -1)
+        self._extra_identities: list[Identity] = []
         if options.metrics_port is not None:
             self.metrics_port = self.store.metrics.serve(options.metrics_port)
         if options.archive_dir:
@@ -113,11 +114,20 @@ class FlowService:
     def detach_endpoint(self, ep: Endpoint) -> None:
         self.sync_context(force=True)
 
+    def set_names(self, names: dict[str, tuple[str, ...]]) -> None:
+        """The DNS names learnt per address (flows' src_names/dst_names from now on)."""
+        self.context.update(names=names)
+
+    def set_extra_identities(self, identities: list[Identity]) -> None:
+        """Identities other services own (toFQDNs per-address identities), for the flows' labels."""
+        self._extra_identities = list(identities)
+        self.sync_context(force=True)
+
     def sync_context(self, force: bool = False) -> None:
         """Copy the lab's endpoints, identities and services into the enrichment context if they changed."""
         endpoints = list(self.inventory.endpoints.values())
         services = list(self.inventory.services)
-        identities = list(self.inventory.identities.all())
+        identities = list(self.inventory.identities.all()) + self._extra_identities
         signature = (len(endpoints), len(services), len(identities))
         if force or signature != self._signature:
             self._signature = signature

@@ -42,18 +42,25 @@ class PolicyService:
         self.datapath = datapath
         self.documents: dict[str, PolicyDocument] = {}
         self.compiled = CompiledPolicy()
+        # Identities that other services own (the DNS service's per-address toFQDNs identities): asked at
+        # every compile with the documents being compiled; ``after_write`` hooks run once a compile is in
+        # the map (the DNS service then points the ipcache at its identities).
+        self.identity_sources: list[Callable[[list[PolicyDocument]], list[Identity]]] = []
+        self.after_write: list[Callable[[CompiledPolicy], None]] = []
         self.path = ctx.dir / "policies.json"
         if self.path.exists():  # a restarted agent keeps the lab's policies
             raw = json.loads(self.path.read_text())
             self.documents = {d.key: d for d in load_documents(raw, paths=False)} if raw else {}
 
     # -- compile and write -------------------------------------------------------------
-    def _identities(self) -> list[Identity]:
-        return list(self.ctx.identities.all())
+    def _identities(self, documents: list[PolicyDocument]) -> list[Identity]:
+        extra = [ident for source in self.identity_sources for ident in source(documents)]
+        return list(self.ctx.identities.all()) + extra
 
     def _compile(self, documents: dict[str, PolicyDocument]) -> CompiledPolicy:
-        return compile_policies(list(documents.values()), list(self.ctx.endpoints.values()),
-                                self._identities(), self.ctx.spec.namespaces,
+        docs = list(documents.values())
+        return compile_policies(docs, list(self.ctx.endpoints.values()),
+                                self._identities(docs), self.ctx.spec.namespaces,
                                 previous_cidr_identities=self.compiled.cidr_identities,
                                 max_entries=self.datapath.policy_writer().capacity)
 
@@ -77,6 +84,8 @@ class PolicyService:
             else:
                 build.ipcache_delete(self.ctx.maps, prefix)
         self.compiled = compiled
+        for hook in self.after_write:
+            hook(compiled)
 
     def _commit(self, documents: dict[str, PolicyDocument]) -> CompiledPolicy:
         compiled = self._compile(documents)   # raises before any kernel write
@@ -86,7 +95,7 @@ class PolicyService:
         return compiled
 
     def refresh(self) -> None:
-        """Recompile against the current endpoints (a pod came or went)."""
+        """Recompile against the current endpoints and identities (a pod came or went, a name was learnt)."""
         with self.lock:
             if self.documents:
                 self._commit(dict(self.documents))
@@ -172,7 +181,7 @@ class PolicyService:
         with self.lock:
             frame = self.datapath.policy_writer().entries()
             pods = {ep.id: ep for ep in self.ctx.endpoints.values()}
-            labels = {i.id: list(i.labels) for i in self._identities()}
+            labels = {i.id: list(i.labels) for i in self._identities(list(self.documents.values()))}
             labels.update({k: list(v) for k, v in self.compiled.identity_labels.items()})
             labels[0] = ["(any)"]
             if pod is not None:
@@ -268,7 +277,7 @@ class PolicyService:
         if (method or path) and proto != "TCP":
             raise ValidationError("trace --method/--path need protocol TCP (HTTP)")
         with self.lock:
-            labels = {i.id: tuple(i.labels) for i in self._identities()}
+            labels = {i.id: tuple(i.labels) for i in self._identities(list(self.documents.values()))}
             labels.update(self.compiled.identity_labels)
             ends = resolve_ends(str(source), str(destination), int(port), proto, list(self.ctx.endpoints.values()),
                                 list(self.ctx.services), self._ipcache, self.audit_flags(), labels)

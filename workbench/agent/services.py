@@ -4,10 +4,10 @@
     PolicyService(ctx, datapath)                               writes the policy map
     FlowService(ctx, datapath)                                 reads the ring buffer
     L7Service(ctx, datapath, policy, flows)                    proxy; asks policy, records into flows
+    DnsService(ctx, policy, flows)                             DNS proxy, FQDN cache, toFQDNs identities
 
 Endpoint changes reach them in this order (the datapath attaches a new
 endpoint before the policy recompiles for it); they close in reverse order.
-A later service (DNS) is one more field and one more line here.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from typing import Any
 
 from workbench.agent.api import LocalAPI
 from workbench.agent.context import EndpointObserver, LabContext
+from workbench.agent.dns.service import DnsService
 from workbench.agent.flows import FlowService
 from workbench.agent.l7.service import L7Service
 from workbench.agent.policy import PolicyService
@@ -36,6 +37,7 @@ class Services:
     policy: PolicyService
     flows: FlowService
     l7: L7Service
+    dns: DnsService
 
     @classmethod
     def start(cls, ctx: LabContext) -> Services:
@@ -45,11 +47,12 @@ class Services:
         policy = PolicyService(ctx, datapath)
         flows = FlowService(node, ctx, ctx.observe, datapath)
         l7 = L7Service(ctx, datapath, policy, flows)
-        return cls(datapath, policy, flows, l7)
+        dns = DnsService(ctx, policy, flows)
+        return cls(datapath, policy, flows, l7, dns)
 
     @property
     def observers(self) -> list[EndpointObserver]:
-        return [self.datapath, self.policy, self.flows, self.l7]
+        return [self.datapath, self.policy, self.flows, self.l7, self.dns]
 
     def attach_endpoint(self, ep: Endpoint) -> None:
         for observer in self.observers:
@@ -62,7 +65,7 @@ class Services:
     def register(self, api: LocalAPI) -> None:
         """Every service's local API methods."""
         tables: list[dict[str, Callable[..., Any]]] = [self.policy.methods(), self.flows.methods(),
-                                                       self.l7.methods()]
+                                                       self.l7.methods(), self.dns.methods()]
         for table in tables:
             for name, fn in table.items():
                 api.register(name, fn)

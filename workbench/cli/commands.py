@@ -29,6 +29,7 @@ COMMAND_MODULES = [
     "workbench.cli.lab",
     "workbench.cli.observe",
     "workbench.cli.policy",
+    "workbench.cli.fqdn",
 ]
 
 

@@ -39,7 +39,8 @@ def _lab_up(args: argparse.Namespace) -> MessageResult:
         warnings.simplefilter("ignore")   # Lab.up warns for notebooks; here they are lines of the message
         lab = Lab.up([Path(p) for p in args.manifests] or None, args.lab, pod_cidr=args.pod_cidr,
                      service_cidr=args.service_cidr, flow_capacity=args.flow_capacity,
-                     metrics_port=args.metrics_port, archive_dir=args.archive_dir)
+                     metrics_port=args.metrics_port, archive_dir=args.archive_dir,
+                     fqdn_min_ttl=args.fqdn_min_ttl)
     outcome = lab.up_outcome
     assert outcome is not None   # Lab.up always records what it did
     status = outcome.status
@@ -128,6 +129,8 @@ def register(sub: Any) -> None:
     up.add_argument("--metrics-port", type=int, default=0, metavar="PORT",
                     help="serve Prometheus /metrics on 127.0.0.1:PORT (default: any free port)")
     up.add_argument("--archive-dir", metavar="DIR", help="archive every flow continuously as parquet files in DIR")
+    up.add_argument("--fqdn-min-ttl", type=int, default=0, metavar="SECONDS",
+                    help="least time an address learnt from DNS stays allowed by toFQDNs (default 0: the answer's TTL)")
     down = lab_sub.add_parser("down", help="remove the lab (idempotent; also after a crash)")
     down.add_argument("--all", action="store_true", help="every lab on this node")
     status = lab_sub.add_parser("status", help="the lab's agent and counts")

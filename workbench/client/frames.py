@@ -25,6 +25,7 @@ ENDPOINT_COLUMNS = ["id", "identity", "labels", "ipv4", "pod", "namespace", "ing
 SERVICE_COLUMNS = ["name", "namespace", "cluster_ip", "ports", "selector", "backends"]
 IDENTITY_COLUMNS = ["id", "labels"]
 LAB_COLUMNS = ["lab", "status", "pods", "services", "agent_pid", "pod_cidr"]
+FQDN_COLUMNS = ["name", "ip", "ttl", "expires", "expires_in", "identity", "source"]
 
 
 def endpoints_frame(endpoints: list[dict[str, Any]]) -> pd.DataFrame:
@@ -45,6 +46,15 @@ def services_frame(services: list[dict[str, Any]]) -> pd.DataFrame:
 def identities_frame(identities: list[dict[str, Any]]) -> pd.DataFrame:
     """Security identities (reserved ones first) and their full labels."""
     return pd.DataFrame(identities, columns=IDENTITY_COLUMNS)
+
+
+def fqdn_cache_frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
+    """The DNS proxy's learnt names (``fqdn.cache``): one row per (name, IP); ``expires`` in UTC,
+    ``identity`` the address's toFQDNs identity (missing when no toFQDNs selector selects it)."""
+    frame = pd.DataFrame(rows, columns=FQDN_COLUMNS)
+    frame["expires"] = pd.to_datetime(frame["expires"], utc=True)
+    frame["identity"] = frame["identity"].astype("Int64")
+    return frame
 
 
 def labs_frame(statuses: list[dict[str, Any]]) -> pd.DataFrame:

@@ -102,7 +102,7 @@ class Lab:
     def up(cls, manifests: str | Path | list[str | Path] | None = None, name: str | None = None, *,
            pod_cidr: str = DEFAULT_POD_CIDR, service_cidr: str = DEFAULT_SERVICE_CIDR,
            flow_capacity: int | None = None, metrics_port: int = 0,
-           archive_dir: str | Path | None = None) -> Lab:
+           archive_dir: str | Path | None = None, fqdn_min_ttl: int = 0) -> Lab:
         """Create the lab (default: the star-wars demo), or connect when it is already up.
 
         ``manifests``: file paths, YAML text, or a list of them. Invalid
@@ -110,6 +110,8 @@ class Lab:
         ``flow_capacity``: flows the agent keeps (default 4095, as Hubble); ``metrics_port``: Prometheus
         /metrics on 127.0.0.1 (0: any free port, see ``lab.status()``);
         ``archive_dir``: archive all flows continuously as parquet files.
+        ``fqdn_min_ttl``: the least time (seconds) an address learnt from a DNS answer stays allowed by
+        toFQDNs, when the answer's TTL is shorter (Cilium's ``--tofqdns-min-ttl``; 0: the answer's TTL).
 
         Example::
 
@@ -117,8 +119,11 @@ class Lab:
         """
         name = check_lab_name(name or default_lab())
         spec = _spec_from(manifests)
+        if isinstance(fqdn_min_ttl, bool) or not isinstance(fqdn_min_ttl, int) or not 0 <= fqdn_min_ttl <= 86400:
+            raise ValidationError(f"fqdn_min_ttl {fqdn_min_ttl!r} must be a whole number of seconds, 0 to 86400")
         outcome = start_lab(spec, name, pod_cidr=pod_cidr, service_cidr=service_cidr,
-                            observe=observe_options(flow_capacity, metrics_port, archive_dir))
+                            observe=observe_options(flow_capacity, metrics_port, archive_dir),
+                            fqdn_min_ttl=fqdn_min_ttl)
         lab = cls(name, warnings=list(outcome.warnings))
         lab.up_outcome = outcome
         if outcome.already_up:
@@ -192,6 +197,22 @@ class Lab:
         from workbench.client.frames import identities_frame
 
         return identities_frame(self._client.call("identity.list"))
+
+    @property
+    def fqdn_cache(self) -> Any:
+        """Names the DNS proxy learnt (name, ip, ttl, expires, identity), as ``cilium fqdn cache list``.
+
+        Example::
+
+            lab.fqdn_cache.query("name == 'api.github.com'")
+        """
+        from workbench.client.frames import fqdn_cache_frame
+
+        return fqdn_cache_frame(self._client.call("fqdn.cache"))
+
+    def dns_status(self) -> dict[str, Any]:
+        """The DNS proxy's counters (queries in flight, refused, malformed, dropped in a flood, ...)."""
+        return dict(self._client.call("dns.status"))
 
     @property
     def policy(self) -> Any:

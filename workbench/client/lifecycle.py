@@ -35,7 +35,7 @@ class UpOutcome:
 
 def start_lab(spec: LabSpec, name: str | None = None, pod_cidr: str = DEFAULT_POD_CIDR,
               service_cidr: str = DEFAULT_SERVICE_CIDR, timeout: float = AGENT_START_TIMEOUT,
-              observe: dict[str, Any] | None = None) -> UpOutcome:
+              observe: dict[str, Any] | None = None, fqdn_min_ttl: int = 0) -> UpOutcome:
     """Start the agent of lab ``name`` and wait until the lab is ready.
 
     When an agent already answers, nothing changes (``already_up``). When the
@@ -43,7 +43,8 @@ def start_lab(spec: LabSpec, name: str | None = None, pod_cidr: str = DEFAULT_PO
     agent adopts it (pods keep running, like a restarted cilium-agent);
     otherwise the remains are removed (identities kept) and the lab is rebuilt.
     ``observe`` holds the flow layer's options (capacity, metrics_port,
-    archive_dir); they may change when a new agent adopts a lab. ``name``
+    archive_dir); they may change when a new agent adopts a lab, as may ``fqdn_min_ttl`` (the
+    least time, in seconds, a name learnt by the DNS proxy keeps its addresses). ``name``
     defaults to ``$WORKBENCH_LAB``, else ``default``.
     """
     name = names.check_lab_name(name or names.default_lab())
@@ -53,7 +54,7 @@ def start_lab(spec: LabSpec, name: str | None = None, pod_cidr: str = DEFAULT_PO
     if client.alive():
         return UpOutcome(name, True, client.call("lab.status"))
     config = {"spec": spec.to_dict(), "pod_cidr": pod_cidr, "service_cidr": service_cidr,
-              "observe": observe or {}}
+              "observe": observe or {}, "dns": {"min_ttl": fqdn_min_ttl}}
     recovered: list[str] = []
     if state.leftovers(name):
         if _adoptable(name, config):

@@ -130,11 +130,11 @@ Decide = Callable[[tuple[str, int], tuple[str, int], str, str, dict[str, str]], 
 Record = Callable[[Exchange], None]
 
 
-def _netns_inode(path: str) -> int:
+def netns_inode(path: str) -> int:
     return os.stat(path).st_ino
 
 
-def _enter_netns_for_good(name: str) -> None:
+def enter_netns_for_good(name: str) -> None:
     """setns(2) for the calling thread only; threads it starts later are born in that netns too."""
     libc = ctypes.CDLL(None, use_errno=True)
     fd = os.open(f"/run/netns/{name}", os.O_RDONLY | os.O_CLOEXEC)
@@ -211,9 +211,9 @@ class Proxy:
 
         def run() -> None:
             try:
-                _enter_netns_for_good(self.netns)
-                self.netns_inode = _netns_inode("/proc/thread-self/ns/net")
-                if self.netns_inode != _netns_inode(f"/run/netns/{self.netns}"):
+                enter_netns_for_good(self.netns)
+                self.netns_inode = netns_inode("/proc/thread-self/ns/net")
+                if self.netns_inode != netns_inode(f"/run/netns/{self.netns}"):
                     raise WorkbenchError(f"the proxy thread is not in {self.netns}")
                 sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -521,7 +521,7 @@ class _Connection:
             return self.up
         self._close_upstream()
         # Safety: never dial a lab address from the machine's own netns.
-        if _netns_inode("/proc/thread-self/ns/net") != self.proxy.netns_inode:
+        if netns_inode("/proc/thread-self/ns/net") != self.proxy.netns_inode:
             raise OSError(f"the proxy's loop thread is not in {self.proxy.netns}")
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         try:
