@@ -25,7 +25,8 @@ on the accepted socket itself. The client's to-container then passes them as
 replies of its own connection.
 
 Bounds: at most ``MAX_INFLIGHT`` queries are in progress at once (more are
-dropped and counted: a flood costs no memory beyond that), at most
+dropped and counted: a flood costs no memory beyond that; datagrams the
+kernel drops on a full receive buffer are counted too, from SO_RXQ_OVFL), at most
 ``MAX_TCP_CONNECTIONS`` TCP clients, each cut after ``TCP_IDLE_TIMEOUT``
 without a query; an upstream that does not answer within
 ``UPSTREAM_TIMEOUT`` gets the client a SERVFAIL.
@@ -55,6 +56,7 @@ from workbench.errors import WorkbenchError
 
 PROXY_ADDRESS = "127.0.0.1"
 IP_RECVORIGDSTADDR = 20         # linux/in.h; the cmsg it produces is IP_ORIGDSTADDR (the same number)
+SO_RXQ_OVFL = 40                # asm-generic/socket.h: datagrams the kernel dropped on a full socket buffer
 MAX_INFLIGHT = 1024             # queries in progress at once, UDP and TCP together
 MAX_TCP_CONNECTIONS = 256
 TCP_IDLE_TIMEOUT = 10.0         # seconds a TCP client may wait between queries
@@ -148,6 +150,14 @@ def servfail(query: dns.message.Message) -> bytes:
     return response.to_wire()
 
 
+def _overflow_count(ancdata: list[tuple[int, int, bytes]], last: int) -> int:
+    """The socket's running count of datagrams dropped for a full buffer (SO_RXQ_OVFL), else ``last``."""
+    for level, kind, data in ancdata:
+        if level == socket.SOL_SOCKET and kind == SO_RXQ_OVFL and len(data) >= 4:
+            return int(struct.unpack("=I", data[:4])[0])
+    return last
+
+
 def _orig_dst(ancdata: list[tuple[int, int, bytes]]) -> tuple[str, int] | None:
     for level, kind, data in ancdata:
         if level == socket.SOL_IP and kind == IP_RECVORIGDSTADDR and len(data) >= 8:
@@ -166,6 +176,7 @@ class DnsProxy:
         self.counters: Counter[str] = Counter()
         self.inflight = 0
         self.tcp_clients = 0
+        self.kernel_dropped = 0     # datagrams a full receive buffer lost before the loop read them
         self.netns_inode = 0
         self._udp: socket.socket | None = None
         self._tcp: socket.socket | None = None
@@ -189,6 +200,7 @@ class DnsProxy:
                     raise WorkbenchError(f"the DNS proxy thread is not in {self.netns}")
                 self._udp = self._bind(socket.SOCK_DGRAM)
                 self._udp.setsockopt(socket.SOL_IP, IP_RECVORIGDSTADDR, 1)
+                self._udp.setsockopt(socket.SOL_SOCKET, SO_RXQ_OVFL, 1)
                 self._tcp = self._bind(socket.SOCK_STREAM)
                 self._tcp.listen(MAX_TCP_CONNECTIONS)
                 loop = asyncio.new_event_loop()
@@ -238,7 +250,7 @@ class DnsProxy:
         return {"netns": self.netns, "address": PROXY_ADDRESS, "port": self.port,
                 "listening": self._udp is not None and self._stop is not None and not self._stop.done(),
                 "inflight": self.inflight, "max_inflight": MAX_INFLIGHT, "tcp_clients": self.tcp_clients,
-                "max_tcp_clients": MAX_TCP_CONNECTIONS, **counters}
+                "max_tcp_clients": MAX_TCP_CONNECTIONS, "dropped_socket_buffer": self.kernel_dropped, **counters}
 
     async def _main(self) -> None:
         assert self._stop is not None and self._udp is not None and self._tcp is not None
@@ -272,6 +284,7 @@ class DnsProxy:
             except OSError:
                 self.counters["receive_errors"] += 1
                 return
+            self.kernel_dropped = _overflow_count(ancdata, self.kernel_dropped)
             server = _orig_dst(ancdata)
             if server is None:
                 self.counters["no_original_destination"] += 1
