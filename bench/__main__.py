@@ -30,6 +30,7 @@ SECTION_MODULES = {
     "lab": "bench.lab_bench",
     "l7": "bench.l7_bench",
     "flows_wire": "bench.flows_wire_bench",
+    "dns": "bench.dns_bench",
 }
 
 

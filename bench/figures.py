@@ -5,7 +5,7 @@ from __future__ import annotations
 import statistics
 from typing import Any
 
-SECTIONS = ("datapath", "attribution", "policy_apply", "ingest", "lab", "l7", "flows_wire")
+SECTIONS = ("datapath", "attribution", "policy_apply", "ingest", "lab", "l7", "flows_wire", "dns")
 
 
 def figure(samples: list[float], unit: str, baseline: dict[str, Any] | None = None,

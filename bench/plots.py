@@ -86,8 +86,22 @@ def flows_wire_plot(results: dict[str, Any]) -> go.Figure:
                   title=f"flows.query of {section['rows']:,} flows across the agent socket (ms, log scale)")
 
 
+def dns_plot(results: dict[str, Any]) -> go.Figure:
+    """DNS queries/s and p50/p99 latency through the DNS proxy against direct to kube-dns, by queries in flight."""
+    frame = pd.DataFrame([{"in flight": key.split("_")[1], "path": metric.split("_")[0],
+                           "metric": "queries/s" if metric.endswith("qps") else metric.split("_")[1] + " ms",
+                           "value": fig["median"]}
+                          for key, section in results["dns"].items() if key.startswith("inflight_")
+                          for metric, fig in section.items()
+                          if isinstance(fig, dict) and fig.get("unit") in ("queries/s", "ms")])
+    plot = px.bar(frame, x="in flight", y="value", color="path", barmode="group", facet_col="metric",
+                  title="DNS through the proxy vs direct to kube-dns")
+    return plot.update_yaxes(matches=None, showticklabels=True)
+
+
 PLOTS = {"datapath": datapath_plot, "policy_apply": policy_apply_plot, "ingest": ingest_plot,
-         "lab": lab_plot, "l7": l7_plot, "flows_wire": flows_wire_plot}
+         "lab": lab_plot, "l7": l7_plot, "flows_wire": flows_wire_plot,
+         "dns": dns_plot}
 
 
 def write_html(results: dict[str, Any], path: Path) -> Path:

@@ -30,7 +30,7 @@ def test_latest_results_follow_the_schema():
 def test_validate_finds_broken_figures():
     good = figure([1.0, 2.0, 3.0], "ms", baseline=figure([4.0], "ms"))
     assert good["ratio"] == 0.5
-    doc = {"machine": {}, "datapath": {"x": good}, "attribution": {}, "policy_apply": {}, "ingest": {}, "lab": {}, "flows_wire": {},
+    doc = {"machine": {}, "datapath": {"x": good}, "attribution": {}, "policy_apply": {}, "ingest": {}, "lab": {}, "flows_wire": {}, "dns": {},
            "l7": {"bad": {"median": 5, "min": 6, "max": 7, "unit": "ms"}}}
     assert validate(doc) == ["l7.bad: min <= median <= max does not hold"]
     del doc["ingest"]
