@@ -279,12 +279,13 @@ def test_compact_lines_read_like_hubble(frame):
     tail = [line.split(": ", 1)[1] for line in lines]
     assert tail[0] == ("default/xwing:40101 (ID:258) -> 10.200.0.2:53 (ID:0) dns-request FORWARDED "
                        "(DNS Query api.github.com. A) (allowed by default/allow-github-dns)")
-    assert tail[1].startswith("10.200.0.2:53 (ID:0) -> default/xwing:40101 (ID:258) dns-response FORWARDED "
+    # a reply is printed from the client's side, as Hubble flips it
+    assert tail[1].startswith("default/xwing:40101 (ID:258) <- 10.200.0.2:53 (ID:0) dns-response FORWARDED "
                               '(DNS Answer "192.0.2.20" TTL: 30 (Proxy api.github.com. A))')
     assert tail[6] == ("default/tiefighter:40202 (ID:259) -> 10.200.0.2:53 (ID:0) dns-request DROPPED "
                        "(DNS Query evil.example.com. AAAA)")
     assert "-> api.github.com:443 (world) " in tail[7]          # no pod: the names, as Hubble prints them
-    assert tail[8].startswith("www.example.org:443 (world) -> default/tiefighter:41001 (ID:259) ")
+    assert tail[8].startswith("default/tiefighter:41001 (ID:259) <- www.example.org:443 (world) ")
 
 
 def test_table_shows_dns_types_and_names(frame):

@@ -76,9 +76,15 @@ def compact_line(row: Any) -> str:
     else:
         point = abi.TRACE_POINT_BY_DIRECTION.get(str(row.traffic_direction), "trace")
         what = f"{point} {verdict}"
-    arrow = "<-" if row.is_reply is True else "->"
-    return (f"{stamp}: {_endpoint(row, 'src')} {_identity(row, 'src')} {arrow} "
-            f"{_endpoint(row, 'dst')} {_identity(row, 'dst')} {what} ({row.summary}){_attribution(row)}")
+    # Hubble's arrows: a reply is printed from the client's side ("client <- server"), so the side that
+    # opened the connection is always on the left; "<>" when the datapath could not tell.
+    left, right, arrow = "src", "dst", "->"
+    if row.is_reply is pd.NA or row.is_reply is None:
+        arrow = "<>"
+    elif bool(row.is_reply):
+        left, right, arrow = "dst", "src", "<-"
+    return (f"{stamp}: {_endpoint(row, left)} {_identity(row, left)} {arrow} "
+            f"{_endpoint(row, right)} {_identity(row, right)} {what} ({row.summary}){_attribution(row)}")
 
 
 def _listed(value: Any) -> list[Any]:
