@@ -63,4 +63,14 @@ if [ ! -e "$stamp" ]; then
     rm -f .venv/.installed-*
     touch "$stamp"
 fi
+# promtool judges the Prometheus exposition in the tests. It comes from Debian's prometheus package;
+# only the tool is unpacked into the venv, so no Prometheus server gets installed or started.
+if [ ! -x .venv/bin/promtool ]; then
+    tmp=$(mktemp -d)
+    (cd "$tmp" && apt-get download -qq prometheus >/dev/null 2>&1) || { apt-get update -qq && (cd "$tmp" && apt-get download -qq prometheus >/dev/null 2>&1); }
+    dpkg-deb -x "$tmp"/prometheus_*.deb "$tmp/x"
+    install -m 0755 "$tmp/x/usr/bin/promtool" .venv/bin/promtool
+    rm -rf "$tmp"
+    say "unpacked promtool (Debian's prometheus package) into .venv/bin"
+fi
 say "ready"

@@ -15,6 +15,7 @@ import subprocess
 import sys
 import textwrap
 import uuid
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -172,6 +173,11 @@ def test_dns_flows_and_metrics_match_the_lookups(lab, policy):
     after = dns_metric_totals(lab)
     assert after["hubble_dns_queries_total"] - metrics_before["hubble_dns_queries_total"] == 2
     assert after["hubble_dns_responses_total"] - metrics_before["hubble_dns_responses_total"] == 1
+    # the whole exposition, DNS families included, as Prometheus' own checker reads it
+    promtool = Path(sys.executable).parent / "promtool"
+    checked = subprocess.run([str(promtool), "check", "metrics"], input=lab.metrics_text(), capture_output=True,
+                             text=True, timeout=60)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
     # an HTTP connection to the learnt address carries its name
     get(lab, "api.github.com")
     to_api = wait_until(lambda: lab.flows(from_pod="xwing", to_ip="192.0.2.20"), 10, "flows to api.github.com")
