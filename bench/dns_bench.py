@@ -376,23 +376,27 @@ def notes(result: dict[str, Any]) -> list[str]:
         def cores(mode: str, who: str, figs: dict[str, Any] = figs) -> float:
             return float(figs[f"{mode}_{who}_cpu"]["median"])
 
-        server, busy = cores("direct", "kube_dns"), figs["direct_machine_busy"]["median"]
-        if server >= BUSY_CORE:
-            bound = "bounded by kube-dns (one Python thread answers UDP)"
-        elif busy >= BUSY_MACHINE:
-            bound = "bounded by the machine's CPU (kube-dns, the Python client and other work share it)"
-        else:
-            bound = "not CPU-bound"
-        proxy_bound = ("bounded by the proxy (one Python event loop in the agent)"
-                       if cores("proxy", "agent") >= BUSY_CORE else "not bounded by the proxy's CPU")
-        found.append(f"{inflight} in flight: direct qps {bound}; proxied qps {proxy_bound}. "
-                     f"Direct: kube-dns {server:.2f} cores, client "
-                     f"{cores('direct', 'client'):.2f}, machine {busy:.0%} busy of {os.cpu_count()} cores. "
-                     f"Through the proxy: agent (proxy) {cores('proxy', 'agent'):.2f} cores, kube-dns "
-                     f"{cores('proxy', 'kube_dns'):.2f}, client {cores('proxy', 'client'):.2f}, machine "
-                     f"{figs['proxy_machine_busy']['median']:.0%} busy")
+        direct = _bound(cores("direct", "kube_dns"), figs["direct_machine_busy"]["median"],
+                        "kube-dns (one Python thread answers UDP)")
+        proxied = _bound(cores("proxy", "agent"), figs["proxy_machine_busy"]["median"],
+                         "the proxy (one Python event loop in the agent)")
+        found.append(f"{inflight} in flight: direct qps {direct}; proxied qps {proxied}. "
+                     f"Direct: kube-dns {cores('direct', 'kube_dns'):.2f} cores, client "
+                     f"{cores('direct', 'client'):.2f}, machine {figs['direct_machine_busy']['median']:.0%} busy "
+                     f"of {result.get('cores') or os.cpu_count()} cores. Through the proxy: agent (proxy) "
+                     f"{cores('proxy', 'agent'):.2f} cores, kube-dns {cores('proxy', 'kube_dns'):.2f}, client "
+                     f"{cores('proxy', 'client'):.2f}, machine {figs['proxy_machine_busy']['median']:.0%} busy")
     return found
 
+
+def _bound(server_cores: float, machine_busy: float, server: str) -> str:
+    """What limited a load run: the single-threaded ``server`` (a full core), the whole machine, or neither."""
+    if server_cores >= BUSY_CORE:
+        return f"bounded by {server}"
+    if machine_busy >= BUSY_MACHINE:
+        return (f"bounded by the machine's CPU, {server} the lab's busiest process ({server_cores:.2f} cores; "
+                "other work on the machine took the rest)")
+    return "not CPU-bound"
 
 if __name__ == "__main__":
     print(json.dumps(run(quick="--quick" in sys.argv), indent=1))
