@@ -119,3 +119,12 @@ def test_every_local_link_resolves(page: Path) -> None:
         elif anchor and target.suffix == ".md" and anchor not in anchors_of(target):
             broken.append(f"{written}: no heading with anchor #{anchor}")
     assert not broken, f"{page.relative_to(ROOT)}: " + "; ".join(broken)
+
+
+def test_the_readme_tour_names_every_tutorial() -> None:
+    """Each notebook under notebooks/ (the ones tests/privileged/test_notebooks.py runs) is in the README's tour."""
+    tutorials = sorted((ROOT / "notebooks").glob("[0-9][0-9]-*.ipynb"))
+    assert tutorials, "notebooks/ has no tutorials"
+    readme = (ROOT / "README.md").read_text()
+    missing = [path.stem for path in tutorials if f"**{path.stem}**" not in readme]
+    assert not missing, f"README.md's tour does not name {', '.join(missing)}"
