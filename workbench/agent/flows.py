@@ -115,8 +115,12 @@ class FlowService:
         self.sync_context(force=True)
 
     def set_names(self, names: dict[str, tuple[str, ...]]) -> None:
-        """The DNS names learnt per address (flows' src_names/dst_names from now on)."""
+        """The DNS names learnt per address (flows' src_names/dst_names from now on), replacing the old set."""
         self.context.update(names=names)
+
+    def add_names(self, names: dict[str, tuple[str, ...]]) -> None:
+        """Names one DNS answer taught; the enrichment tables are rebuilt only when one is new."""
+        self.context.add_names(names)
 
     def set_extra_identities(self, identities: list[Identity]) -> None:
         """Identities other services own (toFQDNs per-address identities), for the flows' labels."""

@@ -109,6 +109,9 @@ class DnsService(Resolver):
         self._pending: dict[str, int] = {}       # the same, as the compile in progress plans it
         self._identities: dict[int, tuple[str, ...]] = {}
         self._dirty = False
+        self._rules_cache: dict[tuple[int, int, int, int], tuple[tuple[FqdnSelector, ...] | None,
+                                                                 tuple[str, ...]]] = {}
+        self._cached_for: object = None
         self._load()
         policy.identity_sources.append(self.fqdn_identities)
         policy.after_write.append(self._sync_ipcache)
@@ -224,13 +227,25 @@ class DnsService(Resolver):
         dst_identity = self._identity(query.server[0])
         if client is None:       # not a pod: only pods' queries are redirected; nothing to judge
             return Verdict(True, self._identity(query.client[0]), dst_identity)
-        compiled = self.policy.compiled
         protocol = abi.IPPROTO_UDP if query.protocol == "UDP" else abi.IPPROTO_TCP
-        rules = compiled.dns_rules(client.id, "egress", dst_identity, protocol, query.server[1])
+        rules, policies = self._rules(client.id, dst_identity, protocol, query.server[1])
         allowed = rules is None or names_allowed(rules, query.name)
-        policies = (deciding_policies(compiled, client.id, dst_identity, protocol, query.server[1])
-                    if allowed and rules is not None else ())
-        return Verdict(allowed, client.identity, dst_identity, policies)
+        return Verdict(allowed, client.identity, dst_identity, policies if allowed and rules is not None else ())
+
+    def _rules(self, ep_id: int, identity: int, protocol: int,
+               port: int) -> tuple[tuple[FqdnSelector, ...] | None, tuple[str, ...]]:
+        """(DNS rules, the policies that hold them) for one client and server, cached per compiled policy:
+        both scan the policy's entries, which a query should not pay for every time."""
+        compiled = self.policy.compiled
+        if compiled is not self._cached_for:
+            self._rules_cache, self._cached_for = {}, compiled
+        key = (ep_id, identity, protocol, port)
+        found = self._rules_cache.get(key)
+        if found is None:
+            found = (compiled.dns_rules(ep_id, "egress", identity, protocol, port),
+                     deciding_policies(compiled, ep_id, identity, protocol, port))
+            self._rules_cache[key] = found
+        return found
 
     async def answered(self, query: Query, answer: dns.message.Message) -> None:
         """Learn the answer's names; when a new address is selected by toFQDNs, allow it first."""
@@ -250,7 +265,7 @@ class DnsService(Resolver):
             self._dirty = True
             selectors = self.policy.compiled.fqdn_selectors
             wanted = [ip for ip in new if any(s.matches(n) for s in selectors for n in self.cache.names_of(ip))]
-        self._publish_names()
+        self.flows.add_names({ip: (name,) for name, answers in learned for ip, _ in answers})
         if wanted:
             # compile + write the new policy off the proxy's loop; the answer waits for it
             await asyncio.get_running_loop().run_in_executor(None, self.policy.refresh)
