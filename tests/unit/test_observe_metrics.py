@@ -47,7 +47,7 @@ def test_counters_match_the_dataframe(store):
                             match=match.lower(), action=verdict.lower()) == count
     assert metric_value(m, "hubble_lost_events_total") == df.attrs["lost_events"] == 13
     assert metric_value(m, "hubble_lost_events_total", source="datapath_ring_buffer") == 11
-    assert metric_value(m, "workbench_datapath_counter", name="policy_denied_packets") == 7.0
+    assert metric_value(m, "workbench_datapath_stat", name="policy_denied_packets") == 7.0
 
 
 def test_registries_are_per_store():

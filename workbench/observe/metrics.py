@@ -123,7 +123,7 @@ class FlowMetrics:
                                           ["type", "qtypes"], registry=self.registry)
         self.lost_events = Counter("hubble_lost_events", "Number of lost events", ["source"],
                                    registry=self.registry)
-        self.datapath = Gauge("workbench_datapath_counter", "Counters exported by the lab datapath, passed through",
+        self.datapath = Gauge("workbench_datapath_stat", "Counter values the lab datapath exports (name: which), passed through",
                               ["name"], registry=self.registry)
         # The continuous archive: rows it could not keep and failed writes (ring losses are hubble_lost_events).
         self.archive_dropped_rows = Counter("workbench_archive_dropped_rows",
