@@ -352,6 +352,11 @@ spec:
     - ports: [{port: "80", protocol: TCP}]
       rules:
         http: [{method: GET, path: "/v1/.*"}]
+  # the client looks the deathstar up by name: with an egress policy, DNS to kube-dns must be allowed too
+  - toEndpoints:
+    - matchLabels: {"k8s:io.kubernetes.pod.namespace": kube-system, k8s-app: kube-dns}
+    toPorts:
+    - ports: [{port: "53", protocol: UDP}, {port: "53", protocol: TCP}]
 """
 
 
