@@ -4,7 +4,7 @@ PY      := $(VENV)/bin/python
 PORT    ?= 8888
 PYTEST_ARGS ?= --durations=15
 
-.PHONY: setup kernelspec lab test lint unit privileged bench clean-labs
+.PHONY: setup kernelspec lab test lint unit privileged bench clean-labs record
 
 setup:
 	@bash scripts/setup.sh
@@ -29,6 +29,10 @@ unit: setup
 
 bench: setup
 	$(PY) -m bench $(if $(QUICK),--quick,)
+
+# Regenerate the lab recording that replay mode serves (runs every tutorial on this lab node).
+record: kernelspec
+	$(PY) scripts/record_tutorials.py
 
 clean-labs: setup
 	$(PY) -m workbench lab down --all

@@ -16,7 +16,7 @@ from typing import Any
 
 from workbench.errors import NotFoundError, PrivilegeError, SetupError, ValidationError, WorkbenchError
 
-__all__ = ["status", "program", "read_flows", "example", "Lab", "WorkbenchError", "SetupError", "PrivilegeError", "NotFoundError", "ValidationError",
+__all__ = ["status", "program", "read_flows", "example", "tutorial", "Lab", "WorkbenchError", "SetupError", "PrivilegeError", "NotFoundError", "ValidationError",
            "load_ipython_extension"]
 __version__ = "0.1.0"
 
@@ -37,6 +37,19 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module 'workbench' has no attribute {name!r}")
 
 
+def tutorial(name: str) -> Any:
+    """Name the tutorial a notebook is (its first cell). Without root or eBPF this switches to replay mode:
+    the lab is served from a recording made on a real lab node, and a banner says so.
+
+    Example::
+
+        wb.tutorial("02-observe")
+    """
+    from workbench.replay.session import tutorial as start
+
+    return start(name)
+
+
 def program(name: str) -> Any:
     """A program this kernel attached with ``%%ebpf`` (its maps as DataFrames).
 
@@ -44,10 +57,21 @@ def program(name: str) -> Any:
 
         counter = wb.program("count_packets")
         counter.maps["counts"].to_frame()
-    """
-    from workbench.notebook.programs import manager
 
-    return manager().get(name)
+    In replay mode it is the program as the tutorial read it on the lab node (its maps' recorded frames).
+    """
+    from workbench.replay.session import session
+
+    if session().replaying:
+        from workbench.replay.programs import replayed_program
+
+        return replayed_program(name)
+    from workbench.notebook.programs import manager
+    from workbench.replay.programs import record_program
+
+    found = manager().get(name)
+    record_program(found)          # record mode: replay mode serves it again
+    return found
 
 
 def example(name: str) -> Any:

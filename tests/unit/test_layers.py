@@ -22,9 +22,11 @@ MAY_IMPORT: dict[str, set[str]] = {
     "lab": PURE, "policy": PURE, "observe": PURE,
     "datapath": PURE | KERNEL, "node": PURE | KERNEL,
     "agent": PURE | KERNEL,
-    "client": PURE | KERNEL,
-    "cli": PURE | KERNEL | {"client"},
-    "notebook": PURE | KERNEL | {"client", "cli"},
+    # replay: the recorded lab (serves the client's calls without a kernel), beside the client
+    "replay": PURE | KERNEL,
+    "client": PURE | KERNEL | {"replay"},
+    "cli": PURE | KERNEL | {"client", "replay"},
+    "notebook": PURE | KERNEL | {"client", "cli", "replay"},
 }
 # Modules with no workbench imports of their own, importable from anywhere.
 BASE = {"workbench.errors", "workbench.wire"}

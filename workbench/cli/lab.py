@@ -40,7 +40,7 @@ def _lab_up(args: argparse.Namespace) -> MessageResult:
         lab = Lab.up([Path(p) for p in args.manifests] or None, args.lab, pod_cidr=args.pod_cidr,
                      service_cidr=args.service_cidr, flow_capacity=args.flow_capacity,
                      metrics_port=args.metrics_port, archive_dir=args.archive_dir,
-                     fqdn_min_ttl=args.fqdn_min_ttl)
+                     fqdn_min_ttl=args.fqdn_min_ttl, replay_fallback=False)
     outcome = lab.up_outcome
     assert outcome is not None   # Lab.up always records what it did
     status = outcome.status

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import html
 import shlex
+import time
 import warnings
 from pathlib import Path
 from typing import Any
@@ -39,6 +40,19 @@ from workbench.lab.manifests import LabSpec, parse_manifests, read_manifest_file
 from workbench.lab.names import check_lab_name, default_lab
 from workbench.lab.yamldocs import read_text_file
 from workbench.node.state import known_labs
+
+
+def _replaying(fallback: bool = False) -> bool:
+    """Is this process in replay mode? ``fallback``: switch to it when this machine cannot run a lab."""
+    from workbench.replay.session import lab_node_available, session, start_replay
+
+    current = session()
+    if current.replaying:
+        return True
+    if fallback and current.mode == "live" and not lab_node_available():
+        start_replay(current.tutorial)
+        return True
+    return False
 
 
 def observe_options(capacity: int | None, metrics_port: int, archive_dir: str | Path | None) -> dict[str, Any]:
@@ -102,7 +116,7 @@ class Lab:
     def up(cls, manifests: str | Path | list[str | Path] | None = None, name: str | None = None, *,
            pod_cidr: str = DEFAULT_POD_CIDR, service_cidr: str = DEFAULT_SERVICE_CIDR,
            flow_capacity: int | None = None, metrics_port: int = 0,
-           archive_dir: str | Path | None = None, fqdn_min_ttl: int = 0) -> Lab:
+           archive_dir: str | Path | None = None, fqdn_min_ttl: int = 0, replay_fallback: bool = True) -> Lab:
         """Create the lab (default: the star-wars demo), or connect when it is already up.
 
         ``manifests``: file paths, YAML text, or a list of them. Invalid
@@ -112,6 +126,8 @@ class Lab:
         ``archive_dir``: archive all flows continuously as parquet files.
         ``fqdn_min_ttl``: the least time (seconds) an address learnt from a DNS answer stays allowed by
         toFQDNs, when the answer's TTL is shorter (Cilium's ``--tofqdns-min-ttl``; 0: the answer's TTL).
+        ``replay_fallback``: without root (or eBPF's capabilities), return :meth:`replay` instead of
+        failing (the CLI's ``lab up`` says what is missing instead).
 
         Example::
 
@@ -119,6 +135,8 @@ class Lab:
         """
         name = check_lab_name(name or default_lab())
         spec = _spec_from(manifests)
+        if _replaying(fallback=replay_fallback):
+            return cls.replay(name)
         if isinstance(fqdn_min_ttl, bool) or not isinstance(fqdn_min_ttl, int) or not 0 <= fqdn_min_ttl <= 86400:
             raise ValidationError(f"fqdn_min_ttl {fqdn_min_ttl!r} must be a whole number of seconds, 0 to 86400")
         outcome = start_lab(spec, name, pod_cidr=pod_cidr, service_cidr=service_cidr,
@@ -126,11 +144,51 @@ class Lab:
                             fqdn_min_ttl=fqdn_min_ttl)
         lab = cls(name, warnings=list(outcome.warnings))
         lab.up_outcome = outcome
+        from workbench.replay.session import session
+
+        session().record({"kind": "up", "result": {"already_up": outcome.already_up, "status": outcome.status,
+                                                   "warnings": outcome.warnings, "recovered": outcome.recovered}},
+                         name)
         if outcome.already_up:
             lab.warnings.append(f"lab {name} was already up; connected to it (manifests not applied)")
         for message in lab.warnings:     # shown under the notebook cell
             warnings.warn(message, UserWarning, stacklevel=2)
         return lab
+
+    @classmethod
+    def replay(cls, name: str | None = None, *, tutorial: str | None = None) -> Lab:
+        """A lab served from the recording shipped with the workbench: no root, no eBPF (replay mode).
+
+        Views (endpoints, services, flows with every filter, metrics, the policy map, the service map,
+        the dashboard) come from a star-wars lab recorded on a real node; what needs a kernel fails
+        with one line ("replay mode: needs a lab node (root + eBPF)"). ``Lab.up()`` falls back to this
+        by itself where eBPF is unavailable. ``tutorial`` picks a tutorial's recorded sequence.
+
+        Example::
+
+            lab = wb.Lab.replay()
+            lab.flows(verdict="DROPPED")
+        """
+        from workbench.replay.session import start_replay
+
+        current = start_replay(tutorial)
+        lab = cls(name)
+        assert current.replayer is not None
+        recorded = current.replayer.lifecycle(lab.name, "up").get("result") or {}
+        lab.up_outcome = UpOutcome(lab.name, bool(recorded.get("already_up", False)),
+                                   dict(recorded.get("status") or {"status": "ready"}),
+                                   list(recorded.get("warnings") or []), list(recorded.get("recovered") or []))
+        lab.warnings += lab.up_outcome.warnings
+        if lab.up_outcome.already_up:
+            lab.warnings.append(f"lab {lab.name} was already up; connected to it (manifests not applied)")
+        for message in lab.warnings:     # as Lab.up shows them
+            warnings.warn(message, UserWarning, stacklevel=2)
+        return lab
+
+    @property
+    def replaying(self) -> bool:
+        """True when this lab is served from a recording (replay mode)."""
+        return _replaying()
 
     @classmethod
     def connect(cls, name: str | None = None) -> Lab:
@@ -146,6 +204,8 @@ class Lab:
 
     def down(self) -> list[str]:
         """Remove the lab and everything it created (idempotent); returns what was removed."""
+        if _replaying():
+            return []      # a recording has nothing to remove
         return stop_lab(self.name)
 
     @staticmethod
@@ -175,7 +235,14 @@ class Lab:
     # ----- views ------------------------------------------------------------
     def status(self) -> dict[str, Any]:
         """The agent's status (pods, services, CIDRs, build time), or status "down"/"broken"."""
-        return lab_status(self.name)
+        from workbench.replay.session import session
+
+        current = session()
+        if current.replaying and current.replayer is not None:
+            return dict(current.replayer.lifecycle(self.name, "status").get("result") or {"status": "ready"})
+        status = lab_status(self.name)
+        current.record({"kind": "status", "result": status}, self.name)
+        return status
 
     @property
     def endpoints(self) -> Any:
@@ -290,8 +357,21 @@ class Lab:
             >>> lab.exec("xwing", "curl -s -XPOST deathstar.default.svc.cluster.local/v1/request-landing").stdout
             'Ship landed\\n'
         """
+        from workbench.replay.session import session
+
         command = shlex.split(cmd) if isinstance(cmd, str) else list(cmd)
-        result = exec_in_pod(self.name, pod, command, capture=capture, input=input, timeout=timeout)
+        current = session()
+        if current.replaying and current.replayer is not None:
+            recorded = current.replayer.exec(self.name, pod, command)
+            result = ExecResult(recorded["resolved_pod"], command, recorded["exit_code"], recorded["stdout"],
+                                recorded["stderr"])
+        else:
+            started = time.monotonic()
+            result = exec_in_pod(self.name, pod, command, capture=capture, input=input, timeout=timeout)
+            if capture:   # its duration: a replayed command run in the background lasts as long
+                current.record({"kind": "exec", "pod": pod, "command": command, "exit_code": result.exit_code,
+                                "stdout": result.stdout, "stderr": result.stderr, "resolved_pod": result.pod,
+                                "seconds": round(time.monotonic() - started, 3)}, self.name)
         if check and result.exit_code != 0:
             raise WorkbenchError(f"`{' '.join(command)}` in {result.pod} exited with {result.exit_code}: "
                                  f"{result.stderr.strip()[-200:]}")

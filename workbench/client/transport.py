@@ -63,6 +63,28 @@ class AgentClient:
         return result, payload
 
     def _exchange(self, method: str, params: dict[str, Any]) -> tuple[Any, bytes | None]:
+        from workbench.replay.session import session
+
+        current = session()
+        if current.replaying and current.replayer is not None and self.socket_path is None:
+            return current.replayer.call(self.lab, method, params)
+        if current.mode != "record" or method == "agent.ping":
+            return self._socket_exchange(method, params)
+        try:
+            result, payload = self._socket_exchange(method, params)
+        except AgentUnavailable:
+            raise          # a lab that is not up yet (lab up polls): nothing to replay later
+        except errors.WorkbenchError as err:
+            current.record({"kind": "call", "method": method, "params": params,
+                            "error": {"type": type(err).__name__, "message": str(err)}}, self.lab)
+            raise
+        kept = payload
+        if method == "flows.export" and payload is None:
+            kept = _exported_as_ipc(str(params.get("path")))   # the file the agent wrote, for the replay to write
+        current.record({"kind": "call", "method": method, "params": params, "result": result}, self.lab, kept)
+        return result, payload
+
+    def _socket_exchange(self, method: str, params: dict[str, Any]) -> tuple[Any, bytes | None]:
         path = self.socket_path or state.socket_path(self.lab)
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         sock.settimeout(self.timeout)
@@ -104,3 +126,14 @@ class AgentClient:
             return False
         except OSError:
             return False
+
+
+def _exported_as_ipc(path: str) -> bytes | None:
+    """A parquet file of flows (an export) as Arrow IPC bytes, or None when it cannot be read."""
+    from workbench.observe.archive import load_parquet
+    from workbench.observe.ipc import to_ipc
+
+    try:
+        return to_ipc(load_parquet(path))
+    except (OSError, errors.WorkbenchError, ValueError):
+        return None

@@ -111,24 +111,60 @@ def _message(err: Exception) -> str:
 
 
 def _run_cell(line: str, cell: str) -> Any:
-    from workbench.notebook.programs import manager  # BCC and pandas: loaded by the first %%ebpf cell
-
     spec = parse_cell_line(line)
     if not cell.strip():
         raise UsageError("%%ebpf: the cell is empty; write the program's C below the %%ebpf line")
+    from workbench.replay.session import session
+
+    if session().replaying:
+        return ReplayedProgram(line, cell)
+    from workbench.notebook.programs import manager  # BCC and pandas: loaded by the first %%ebpf cell
+
     return manager().load(spec, cell)
 
 
-def _program_command(argv: list[str]) -> Any:
-    from workbench.notebook.programs import manager  # BCC and pandas: loaded on first use
+class ReplayedProgram:
+    """What a %%ebpf cell shows in replay mode: the one line saying why nothing was loaded, and its C."""
 
+    def __init__(self, line: str, source: str) -> None:
+        from workbench.replay.session import NEEDS_A_NODE
+
+        self.message = f"{NEEDS_A_NODE}: %%ebpf {line.strip()} was not compiled or attached"
+        self.source = source
+
+    def __repr__(self) -> str:
+        return f"{self.message}\n{self.source}"
+
+    def _repr_html_(self) -> str:
+        from IPython.display import Code
+
+        code = Code(self.source, language="c")._repr_html_()
+        return f"<p style='color:#b45309'><b>{html.escape(self.message)}</b></p>{code}"
+
+
+def _program_command(argv: list[str]) -> Any:
+    from workbench.replay import programs as recorded
+    from workbench.replay.session import session
+
+    replaying = session().replaying
     if argv[0] == "programs":
         if len(argv) > 1:
             raise UsageError(f"%ebpf programs takes no arguments (got {' '.join(argv[1:])})")
-        return manager().frame()
+        if replaying:
+            return recorded.replayed_programs()
+        from workbench.notebook.programs import manager  # BCC and pandas: loaded on first use
+
+        frame = manager().frame()
+        recorded.record_programs(frame)      # record mode: replay mode serves it again
+        return frame
     names = argv[1:]
     if not names:
         raise UsageError("usage: %ebpf detach NAME... | %ebpf detach --all")
+    if replaying:
+        print(recorded.DETACH_MESSAGE)
+        return None
+    from workbench.notebook.programs import manager
+
     if names == ["--all"]:
         return manager().detach_all()
     for name in names:
