@@ -52,8 +52,10 @@ def record(path: Path, directory: Path) -> float:
     try:
         client.execute(env=dict(os.environ, **{RECORD_ENV: str(directory), TUTORIAL_ENV: path.stem}))
     finally:
+        # a tutorial that failed half-way leaves its lab (named tutorialNN...): only those are removed here
         for name in set(wb.Lab.known()) - labs_before:
-            wb.Lab(name).down()
+            if name.startswith(f"tutorial{path.stem[:2]}"):
+                wb.Lab(name).down()
     errors = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []) if o.output_type == "error"]
     if errors:
         raise SystemExit(f"record: {path.name} failed: {errors[0].get('ename')}: {errors[0].get('evalue')}")
