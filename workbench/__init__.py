@@ -63,11 +63,11 @@ def program(name: str) -> Any:
     from workbench.replay.session import session
 
     if session().replaying:
-        from workbench.replay.programs import replayed_program
+        from workbench.notebook.replayed_programs import replayed_program
 
         return replayed_program(name)
     from workbench.notebook.programs import manager
-    from workbench.replay.programs import record_program
+    from workbench.notebook.replayed_programs import record_program
 
     found = manager().get(name)
     record_program(found)          # record mode: replay mode serves it again

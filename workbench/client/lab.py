@@ -239,7 +239,10 @@ class Lab:
 
         current = session()
         if current.replaying and current.replayer is not None:
-            return dict(current.replayer.lifecycle(self.name, "status").get("result") or {"status": "ready"})
+            status = dict(current.replayer.lifecycle(self.name, "status").get("result") or {"status": "ready"})
+            if status.get("metrics"):       # the recorded /metrics, served here
+                status["metrics"] = current.replayer.metrics_url(self.name)
+            return status
         status = lab_status(self.name)
         current.record({"kind": "status", "result": status}, self.name)
         return status
@@ -379,7 +382,20 @@ class Lab:
 
     def connectivity_test(self, expect: Expectation | None = None) -> ConnectivityReport:
         """Probe pod->pod, pod->service and pod->world over TCP and UDP; ``.exit_code`` 1 on surprises."""
-        return run_connectivity_test(self.name, expect)
+        from dataclasses import asdict
+
+        from workbench.client.connectivity import Probe
+        from workbench.replay.session import session
+
+        current = session()
+        if current.replaying and current.replayer is not None:
+            recorded = current.replayer.lifecycle(self.name, "connectivity")
+            if "probes" not in recorded:
+                raise current.replayer.missing("a connectivity test (its probes run in the pods)")
+            return ConnectivityReport(self.name, [Probe(**p) for p in recorded["probes"]])
+        report = run_connectivity_test(self.name, expect)
+        current.record({"kind": "connectivity", "probes": [asdict(p) for p in report.probes]}, self.name)
+        return report
 
     def __repr__(self) -> str:
         return f"Lab(name={self.name!r})"

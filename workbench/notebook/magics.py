@@ -143,7 +143,7 @@ class ReplayedProgram:
 
 
 def _program_command(argv: list[str]) -> Any:
-    from workbench.replay import programs as recorded
+    from workbench.notebook import replayed_programs as recorded
     from workbench.replay.session import session
 
     replaying = session().replaying

@@ -66,11 +66,15 @@ def _sum(values: list[Any]) -> Any:
 
 
 class MapView:
-    """One map of a program: ``to_frame()`` reads it now, ``live()`` keeps a view fresh."""
+    """One map of a program: ``to_frame()`` reads it now, ``live()`` keeps a view fresh.
 
-    def __init__(self, name: str, table: Any) -> None:
+    ``program``: the name of the program it belongs to (record mode files each read under it).
+    """
+
+    def __init__(self, name: str, table: Any, *, program: str = "") -> None:
         self.name = name
         self.table = table
+        self.program = program
 
     @property
     def map_type(self) -> str:
@@ -91,6 +95,14 @@ class MapView:
         columns ("value" or the leaf struct's fields; "value.cpuN" per CPU).
         A field name used by both key and value gets a "value." prefix.
         """
+        frame = self._peek_frame(percpu)
+        from workbench.notebook.recorded_frames import record_map
+
+        record_map(self.program, self.name, percpu, frame)   # record mode: replay mode serves it again
+        return frame
+
+    def _peek_frame(self, percpu: str = "sum") -> pd.DataFrame:
+        """The map's entries now, not recorded (a live view's refreshes are not the tutorial's reads)."""
         if percpu not in ("sum", "columns"):
             raise ValueError('percpu must be "sum" or "columns"')
         rows: list[dict[str, Any]] = []
@@ -118,7 +130,7 @@ class MapView:
 
     def live(self, interval: float = 1.0, **to_frame_args: Any) -> LiveView:
         """A widget showing ``to_frame()``, refreshed in place every ``interval`` seconds until stopped."""
-        return LiveView(lambda: self.to_frame(**to_frame_args), interval=interval, title=f"map {self.name}")
+        return LiveView(lambda: self._peek_frame(**to_frame_args), interval=interval, title=f"map {self.name}")
 
     def _repr_html_(self) -> str:
         return f"<b>map {html.escape(self.name)}</b> ({self.map_type})" + self.to_frame().to_html(index=False)

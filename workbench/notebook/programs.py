@@ -250,7 +250,7 @@ def _load(bpf: Any, fn: CFunction, kind: str, source: str) -> Any:
                        verifier_excerpt(out[0], source) or message) from None
 
 
-def _map_views(bpf: Any) -> Maps:
+def _map_views(bpf: Any, program: str) -> Maps:
     import ctypes as ct
 
     from bcc.libbcc import lib
@@ -262,7 +262,7 @@ def _map_views(bpf: Any) -> Maps:
     for i in range(lib.bpf_num_tables(bpf.module)):
         name = lib.bpf_table_name(bpf.module, i).decode()
         try:
-            views[name] = MapView(name, bpf.get_table(name.encode()))
+            views[name] = MapView(name, bpf.get_table(name.encode()), program=program)
         except Exception:   # a map type BCC cannot wrap (e.g. a queue): not viewable, not fatal
             continue
     return Maps(views)
@@ -386,7 +386,7 @@ class ProgramManager:
             bpf = _compile(source, spec.cflags)
             try:
                 loaded = _load(bpf, fn, spec.kind, source)
-                maps = _map_views(bpf)
+                maps = _map_views(bpf, name)
                 pid = hooks.prog_id(loaded.fd)
                 # The attach is the last step that can fail: after it, only bookkeeping.
                 attachment = self._attach(spec, name, loaded, bpf, target, previous)

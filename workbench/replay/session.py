@@ -60,6 +60,7 @@ class Replayer:
     taken: set[int] = field(default_factory=set)   # entries served out of order (a background thread's)
     notes: list[str] = field(default_factory=list)
     lock: threading.RLock = field(default_factory=threading.RLock)
+    _metrics_server: Any = None
 
     @property
     def entries(self) -> list[dict[str, Any]]:
@@ -214,6 +215,18 @@ class Replayer:
             raise ReplayModeError(f"`{' '.join(argv)}` was not recorded")
         return unscrub(entry, lab)
 
+    def metrics_url(self, lab: str) -> str:
+        """A /metrics endpoint on 127.0.0.1 serving the recorded exposition (as the agent serves its own)."""
+        with self.lock:
+            if self._metrics_server is None:
+                self._metrics_server = _serve_metrics(lambda: str(self.call(lab, "metrics.text", {})[0]))
+            host, port = self._metrics_server.server_address[:2]
+        return f"http://{host}:{port}/metrics"
+
+    @staticmethod
+    def missing(what: str) -> ReplayModeError:
+        return ReplayModeError(f"{what} was not recorded")
+
     def lifecycle(self, lab: str, kind: str) -> dict[str, Any]:
         with self.lock:
             entry = self._next(kind, {})
@@ -221,6 +234,30 @@ class Replayer:
                 found = self._anywhere(kind, {})
                 entry = found[1] if found else {"kind": kind, "result": {}}
         return unscrub(entry, lab)
+
+
+def _serve_metrics(exposition: Any) -> Any:
+    """A daemon HTTP server on 127.0.0.1 (any free port) answering GET /metrics with ``exposition()``."""
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+            if self.path.split("?")[0] != "/metrics":
+                self.send_error(404)
+                return
+            body = exposition().encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, name="replay-metrics", daemon=True).start()
+    return server
 
 
 def _write_export(path: str, payload: bytes | None) -> dict[str, Any]:
