@@ -29,6 +29,9 @@ def install_kernelspec(user: bool = False, prefix: str | None = None) -> str:
     spec["argv"][0] = sys.executable  # the venv's python, which sees BCC through system site-packages
     with tempfile.TemporaryDirectory() as tmp:
         (Path(tmp) / "kernel.json").write_text(json.dumps(spec, indent=2))
+        # a temporary directory is private (0700) and the install copies its mode: every user of this
+        # Python must be able to find the kernel (replay mode runs the tutorials unprivileged)
+        Path(tmp).chmod(0o755)
         return str(KernelSpecManager().install_kernel_spec(tmp, KERNEL_NAME, user=user, prefix=prefix))
 
 
