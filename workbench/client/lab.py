@@ -319,8 +319,20 @@ class Lab:
         return agent_export(str(path), self.name, **filters)
 
     def observe(self, **options: Any) -> Any:
-        """The live dashboard widget (flows/s by verdict, drops by reason, top talkers, latest flows)."""
+        """The live dashboard widget (flows/s by verdict, drops by reason, top talkers, latest flows).
+
+        In replay mode outside a tutorial's recorded sequence, the recorded flows play back in time
+        (workbench.replay.playback); inside it, the dashboard gets what it got on the lab node.
+        """
         from workbench.client.flows import lab_dashboard
+        from workbench.replay.session import session
+
+        current = session()
+        if current.replaying and current.replayer is not None and current.replayer.tutorial is None:
+            from workbench.observe.dashboard import observe_dashboard
+            from workbench.replay.playback import Playback
+
+            return observe_dashboard(Playback(self.flows()), **options)
 
         return lab_dashboard(self.name, **options)
 

@@ -52,6 +52,19 @@ def computed_answer(replayer: RecordedSequence, lab: str, method: str, params: d
     """(result, payload) for ``method`` computed from the recording, or None when it cannot be."""
     if method == "agent.ping":
         return {"lab": lab, "replay": True}, None
+    if method in ("policy.apply", "policy.trace", "policy.replay") and (method != "policy.apply"
+                                                                       or params.get("dry_run")):
+        from workbench.replay import policy
+
+        entries = replayer.entries[:replayer.cursor] if replayer.tutorial else \
+            [entry for _, entry in replayer.recording.entries()]
+        recorded = policy.recorded_lab(entries, lab)
+        if method == "policy.apply":
+            return policy.dry_run(recorded, str(params.get("text", "")), str(params.get("source", ""))), None
+        if method == "policy.trace":
+            return policy.policy_trace(recorded, **params), None
+        return policy.policy_replay(recorded, str(params.get("text", "")), list(params.get("flows") or []),
+                                    str(params.get("source", "")), bool(params.get("add", False))), None
     if method == "flows.query":
         from workbench.observe import ipc
         from workbench.observe.filters import flows
