@@ -118,3 +118,16 @@ def test_the_dashboard_plays_the_recorded_flows_back_in_time():
     assert list(play(2).n) == []
     now[0] = 3.0
     assert list(play(2).n) == [3]
+
+
+def test_policy_cell_magic_dry_run_in_replay_mode():
+    out = run_replayed("""
+        from IPython.testing.globalipapp import get_ipython
+        ip = get_ipython()
+        ip.run_line_magic("load_ext", "workbench")
+        text = wb.example("rule1.yaml").read_text().replace("name: rule1", "name: rule1-candidate")
+        outcome = ip.run_cell_magic("policy", "--dry-run --lab mine", text)
+        print(json.dumps({"dry": outcome["dry_run"], "html": "dry run" in outcome._repr_html_(),
+                          "replayed": len(outcome.get("replay") or [])}))
+    """)
+    assert out["dry"] is True and out["html"]

@@ -36,6 +36,8 @@ REPLAY_ENV = "WORKBENCH_REPLAY"
 RECORD_ENV = "WORKBENCH_RECORD"
 TUTORIAL_ENV = "WORKBENCH_TUTORIAL"
 NEEDS_A_NODE = "replay mode: needs a lab node (root + eBPF)"
+# Flow filters whose values are this run's own clock readings: a replayed query is matched without them.
+RUN_DEPENDENT_FILTERS = frozenset({"since", "until"})
 MAX_BACKGROUND_SECONDS = 120.0   # the longest a replayed background command waits (its recorded duration)
 
 
@@ -151,12 +153,16 @@ class Replayer:
     def _next_flows(self, params: dict[str, Any]) -> dict[str, Any] | None:
         """A flow query whose filters hold times or sequence numbers of this run: the tutorial's next one
         with the same filter names (the recorded run asked the same question at this point)."""
-        names = sorted((params.get("filters") or {}).keys())
+        def fixed(filters: dict[str, Any]) -> dict[str, Any]:
+            """The filters without the ones that hold this run's own times (their names must still agree)."""
+            return {k: (None if k in RUN_DEPENDENT_FILTERS else v) for k, v in (filters or {}).items()}
+
+        wanted = fixed(params.get("filters") or {})
         entries = self.entries
         for i in range(self.cursor, min(len(entries), self.cursor + 400)):
             entry = entries[i]
             if entry.get("kind") == "call" and entry.get("method") == "flows.query" and \
-                    sorted((entry["params"].get("filters") or {}).keys()) == names and \
+                    fixed(entry["params"].get("filters") or {}) == wanted and \
                     (entry["params"].get("after") is None) == (params.get("after") is None):
                 self.cursor = i + 1
                 return entry
