@@ -28,7 +28,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 import workbench as wb  # noqa: E402
-from workbench.replay.recording import DEFAULT_RECORDING, FORMAT, META_FILE  # noqa: E402
+from workbench.replay.recording import DEFAULT_RECORDING, FORMAT, META_FILE, Recording  # noqa: E402
 from workbench.replay.session import RECORD_ENV, TUTORIAL_ENV  # noqa: E402
 
 NOTEBOOKS = sorted((REPO / "notebooks").glob("[0-9][0-9]-*.ipynb"))
@@ -79,6 +79,9 @@ def main() -> None:
         meta = {"format": FORMAT, "recorded_at": datetime.now(UTC).isoformat(timespec="seconds"),
                 "kernel": platform.release(), "workbench_version": wb.__version__, "cpu": cpu_model(),
                 "tutorials": recorded, "seconds": seconds}
+        (directory / META_FILE).write_text(json.dumps(meta, indent=1) + "\n")
+        # the policy stages the tutorials went through (no policy, rule1, L7, ...): where each begins
+        meta["stages"] = Recording.load(directory).stages()
         (directory / META_FILE).write_text(json.dumps(meta, indent=1) + "\n")
         size = sum(f.stat().st_size for f in directory.rglob("*") if f.is_file())
         if size > MAX_BYTES:

@@ -88,6 +88,18 @@ static __always_inline __u16 l7_ingress_proxy_port(__u8 gen, __u32 daddr, __u32 
     return res.outcome == WB_POLICY_ALLOW ? res.proxy_port : 0;
 }
 
+/* Give the packet to ``sk`` (a reference the caller looked up; released
+ * here) and mark it for local delivery. Returns 0 or a WB_DROP_* reason. */
+static __always_inline __u16 l7_assign_to(struct __sk_buff *skb, struct bpf_sock *sk)
+{
+    long err = bpf_sk_assign(skb, sk, 0);
+    bpf_sk_release(sk);
+    if (err)
+        return WB_DROP_SOCKET_ASSIGN_FAILED;
+    skb->mark = WB_MARK_MAGIC_TO_PROXY;
+    return 0;
+}
+
 /* A datagram for the DNS proxy: its one UDP socket on 127.0.0.1:<port>
  * takes every redirected datagram (there is no per-flow socket to find); it
  * reads the original destination with IP_RECVORIGDSTADDR. */
@@ -99,12 +111,7 @@ static __always_inline __u16 l7_assign_udp(struct __sk_buff *skb, __u16 proxy_po
     struct bpf_sock *sk = bpf_sk_lookup_udp(skb, &t, sizeof(t.ipv4), BPF_F_CURRENT_NETNS, 0);
     if (!sk)
         return WB_DROP_SOCKET_LOOKUP_FAILED;
-    long err = bpf_sk_assign(skb, sk, 0);
-    bpf_sk_release(sk);
-    if (err)
-        return WB_DROP_SOCKET_ASSIGN_FAILED;
-    skb->mark = WB_MARK_MAGIC_TO_PROXY;
-    return 0;
+    return l7_assign_to(skb, sk);
 }
 
 /* Hand the packet to the proxy: the connection's accepted socket when it
@@ -133,12 +140,7 @@ static __always_inline __u16 l7_assign(struct __sk_buff *skb, const struct pkt *
         if (!sk)
             return WB_DROP_SOCKET_LOOKUP_FAILED;
     }
-    long err = bpf_sk_assign(skb, sk, 0);
-    bpf_sk_release(sk);
-    if (err)
-        return WB_DROP_SOCKET_ASSIGN_FAILED;
-    skb->mark = WB_MARK_MAGIC_TO_PROXY;
-    return 0;
+    return l7_assign_to(skb, sk);
 }
 
 /* The client identity of a proxy upstream packet (to-container), or 0. */

@@ -30,9 +30,12 @@ def test_the_shipped_recording_loads_is_small_and_its_flows_follow_the_schema():
     assert size < MAX_BYTES, size
     flow_payloads = {e["payload"] for _, e in recording.entries()
                      if e.get("kind") == "call" and e.get("method") == "flows.query" and e.get("payload")}
-    assert flow_payloads
-    for name in flow_payloads:                     # from_ipc validates names and dtypes against the schema
-        assert list(ipc.from_ipc(recording.payload(name)).columns) == COLUMNS
+    assert flow_payloads and all(name.endswith(".parquet") for name in flow_payloads)
+    for name in flow_payloads:                     # parquet with the flow schema, as any reader sees it
+        assert list(pd.read_parquet(DEFAULT_RECORDING / "payloads" / name).columns) == COLUMNS
+        assert list(ipc.from_ipc(recording.payload(name)).columns) == COLUMNS   # validated dtypes too
+    stages = [tuple(s["policies"]) for s in meta["stages"]]
+    assert () in stages and ("default/rule1",) in stages    # no policy, then rule1 (and the later ones)
     assert "<lab>" in (DEFAULT_RECORDING / "02-observe.jsonl").read_text()   # no run's lab name is kept
 
 

@@ -37,7 +37,6 @@ from __future__ import annotations
 import asyncio
 import socket
 import struct
-import threading
 import time
 import traceback
 from collections import Counter
@@ -51,8 +50,8 @@ import dns.message
 import dns.rcode
 import dns.rdatatype
 
-from workbench.agent.l7.proxy import IP_TRANSPARENT, SO_MARK, enter_netns_for_good, netns_inode, upstream_mark
-from workbench.errors import WorkbenchError
+from workbench.agent.l7.proxy import IP_TRANSPARENT, SO_MARK, upstream_mark
+from workbench.agent.netns_loop import NetnsLoop
 
 PROXY_ADDRESS = "127.0.0.1"
 IP_RECVORIGDSTADDR = 20         # linux/in.h; the cmsg it produces is IP_ORIGDSTADDR (the same number)
@@ -181,46 +180,22 @@ class DnsProxy:
         self._udp: socket.socket | None = None
         self._tcp: socket.socket | None = None
         self._reply_socks: dict[tuple[str, int], socket.socket] = {}
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._stop: asyncio.Future[None] | None = None
-        self._thread: threading.Thread | None = None
+        self.netns_loop = NetnsLoop(netns, "dns-proxy")
         self._tasks: set[asyncio.Task[None]] = set()
 
     # -- lifecycle -----------------------------------------------------------------------
     def start(self) -> None:
         """Bind both sockets inside the netns and start serving (returns once they are bound)."""
-        ready = threading.Event()
-        failure: list[BaseException] = []
+        def bind() -> None:
+            self._udp = self._bind(socket.SOCK_DGRAM)
+            self._udp.setsockopt(socket.SOL_IP, IP_RECVORIGDSTADDR, 1)
+            self._udp.setsockopt(socket.SOL_SOCKET, SO_RXQ_OVFL, 1)
+            self._tcp = self._bind(socket.SOCK_STREAM)
+            self._tcp.listen(MAX_TCP_CONNECTIONS)
 
-        def run() -> None:
-            try:
-                enter_netns_for_good(self.netns)
-                self.netns_inode = netns_inode("/proc/thread-self/ns/net")
-                if self.netns_inode != netns_inode(f"/run/netns/{self.netns}"):
-                    raise WorkbenchError(f"the DNS proxy thread is not in {self.netns}")
-                self._udp = self._bind(socket.SOCK_DGRAM)
-                self._udp.setsockopt(socket.SOL_IP, IP_RECVORIGDSTADDR, 1)
-                self._udp.setsockopt(socket.SOL_SOCKET, SO_RXQ_OVFL, 1)
-                self._tcp = self._bind(socket.SOCK_STREAM)
-                self._tcp.listen(MAX_TCP_CONNECTIONS)
-                loop = asyncio.new_event_loop()
-                self._loop, self._stop = loop, loop.create_future()
-            except BaseException as err:
-                failure.append(err)
-                ready.set()
-                return
-            ready.set()
-            try:
-                loop.run_until_complete(self._main())
-            finally:
-                loop.close()
-
-        self._thread = threading.Thread(target=run, name="dns-proxy", daemon=True)
-        self._thread.start()
-        ready.wait(10)
-        if failure:
-            raise WorkbenchError(f"the DNS proxy cannot listen on {PROXY_ADDRESS}:{self.port} in {self.netns}: "
-                                 f"{failure[0]}")
+        self.netns_loop.start(bind, self._main,
+                              f"the DNS proxy cannot listen on {PROXY_ADDRESS}:{self.port} in {self.netns}")
+        self.netns_inode = self.netns_loop.inode
 
     def _bind(self, kind: int) -> socket.socket:
         sock = socket.socket(socket.AF_INET, kind)
@@ -231,34 +206,23 @@ class DnsProxy:
         return sock
 
     def close(self) -> None:
-        loop, stop = self._loop, self._stop
-        if loop is not None and stop is not None:
-
-            def stop_serving() -> None:
-                if not stop.done():
-                    stop.set_result(None)
-
-            try:
-                loop.call_soon_threadsafe(stop_serving)
-            except RuntimeError:
-                pass   # the loop has already ended
-        if self._thread is not None:
-            self._thread.join(timeout=3)
+        self.netns_loop.stop()
 
     def status(self) -> dict[str, Any]:
         counters = {name: self.counters[name] for name in COUNTERS}
         return {"netns": self.netns, "address": PROXY_ADDRESS, "port": self.port,
-                "listening": self._udp is not None and self._stop is not None and not self._stop.done(),
+                "listening": self._udp is not None and self.netns_loop.running,
                 "inflight": self.inflight, "max_inflight": MAX_INFLIGHT, "tcp_clients": self.tcp_clients,
                 "max_tcp_clients": MAX_TCP_CONNECTIONS, "dropped_socket_buffer": self.kernel_dropped, **counters}
 
     async def _main(self) -> None:
-        assert self._stop is not None and self._udp is not None and self._tcp is not None
+        stopped = self.netns_loop.stopped
+        assert stopped is not None and self._udp is not None and self._tcp is not None
         loop = asyncio.get_running_loop()
         loop.add_reader(self._udp.fileno(), self._read_datagrams)
         loop.add_reader(self._tcp.fileno(), self._accept)
         try:
-            await self._stop
+            await stopped
         finally:
             loop.remove_reader(self._udp.fileno())
             loop.remove_reader(self._tcp.fileno())
@@ -409,7 +373,7 @@ class DnsProxy:
     async def _ask_upstream(self, wire: bytes, query: Query, identity: int) -> bytes:
         """Send the query to its original destination from the node, speaking for ``identity``."""
         # Safety: never send a lab query from the machine's own netns.
-        if netns_inode("/proc/thread-self/ns/net") != self.netns_inode:
+        if not self.netns_loop.in_netns():
             raise OSError(f"the DNS proxy's loop thread is not in {self.netns}")
         loop = asyncio.get_running_loop()
         kind = socket.SOCK_DGRAM if query.protocol == "UDP" else socket.SOCK_STREAM

@@ -39,6 +39,7 @@ from typing import Any
 import dns.message
 import dns.rdatatype
 
+from workbench.agent.addresses import PodAddresses
 from workbench.agent.context import LabContext
 from workbench.agent.dns.cache import FqdnCache
 from workbench.agent.dns.flows import to_exchange
@@ -47,7 +48,7 @@ from workbench.agent.flows import FlowService
 from workbench.agent.l7.flows import FlowRecorder
 from workbench.agent.policy import PolicyService
 from workbench.datapath import abi, build
-from workbench.lab.model import ID_WORLD, Endpoint, Identity, PolicyEntry
+from workbench.lab.model import Identity, PolicyEntry
 from workbench.node import topology
 from workbench.policy.compiler import DEFAULT_DNS_PROXY_PORT, CompiledPolicy
 from workbench.policy.fqdn import FqdnSelector, fqdn_identity_labels, names_allowed
@@ -90,18 +91,18 @@ def _entry_matches(entry: PolicyEntry, identity: int, protocol: int, port: int) 
     return (entry.port >> shift) == (port >> shift)
 
 
-class DnsService(Resolver):
+class DnsService(PodAddresses, Resolver):
     """Proxy + cache + fqdn identities of one lab (one per agent); see the module docstring."""
 
     def __init__(self, ctx: LabContext, policy: PolicyService, flows: FlowService,
                  port: int = DEFAULT_DNS_PROXY_PORT) -> None:
+        PodAddresses.__init__(self, ctx.maps)
         self.ctx = ctx
         self.policy = policy
         self.flows = flows
         self.recorder = FlowRecorder(flows.store)
         self.port = port
         self._lock = threading.RLock()
-        self._by_ip: dict[str, Endpoint] = {}
         self.cache = FqdnCache(min_ttl=ctx.fqdn_min_ttl)
         self.path = ctx.dir / CACHE_FILE
         self._numbers: dict[str, int] = {}
@@ -146,15 +147,6 @@ class DnsService(Resolver):
         tmp = self.path.with_suffix(".tmp")
         tmp.write_text(json.dumps(data))
         os.replace(tmp, self.path)
-
-    # -- endpoint observer ---------------------------------------------------------------
-    def attach_endpoint(self, ep: Endpoint) -> None:
-        with self._lock:
-            self._by_ip[ep.ipv4] = ep
-
-    def detach_endpoint(self, ep: Endpoint) -> None:
-        with self._lock:
-            self._by_ip.pop(ep.ipv4, None)
 
     def close(self) -> None:
         self._stop.set()
@@ -211,22 +203,12 @@ class DnsService(Resolver):
                 self._dirty = True
             self._selected = pending
 
-    def identity_of(self, ip: str) -> int | None:
-        return self._selected.get(ip)
-
     # -- the proxy's questions ------------------------------------------------------------
-    def _identity(self, ip: str) -> int:
-        ep = self._by_ip.get(ip)
-        if ep is not None:
-            return ep.identity
-        found = build.ipcache_lookup(self.ctx.maps, ip)
-        return ID_WORLD if found is None else found
-
     def decide(self, query: Query) -> Verdict:
-        client = self._by_ip.get(query.client[0])
-        dst_identity = self._identity(query.server[0])
+        client = self.endpoint_at(query.client[0])
+        dst_identity = self.identity_of(query.server[0])
         if client is None:       # not a pod: only pods' queries are redirected; nothing to judge
-            return Verdict(True, self._identity(query.client[0]), dst_identity)
+            return Verdict(True, self.identity_of(query.client[0]), dst_identity)
         protocol = abi.IPPROTO_UDP if query.protocol == "UDP" else abi.IPPROTO_TCP
         rules, policies = self._rules(client.id, dst_identity, protocol, query.server[1])
         allowed = rules is None or names_allowed(rules, query.name)

@@ -46,12 +46,9 @@ Example::
 from __future__ import annotations
 
 import asyncio
-import ctypes
-import os
 import resource
 import socket
 import struct
-import threading
 import time
 import traceback
 from collections import Counter
@@ -69,9 +66,8 @@ from workbench.agent.l7.http import (
     simple_response,
 )
 from workbench.agent.l7.stream import Stream, Timeout, Watchdog, drive
-from workbench.errors import WorkbenchError
+from workbench.agent.netns_loop import NetnsLoop
 
-CLONE_NEWNET = 0x40000000
 IP_TRANSPARENT = 19
 SO_MARK = 36
 MARK_MAGIC_FROM_PROXY = 0x0A00
@@ -130,22 +126,6 @@ Decide = Callable[[tuple[str, int], tuple[str, int], str, str, dict[str, str]], 
 Record = Callable[[Exchange], None]
 
 
-def netns_inode(path: str) -> int:
-    return os.stat(path).st_ino
-
-
-def enter_netns_for_good(name: str) -> None:
-    """setns(2) for the calling thread only; threads it starts later are born in that netns too."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    fd = os.open(f"/run/netns/{name}", os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        if libc.setns(fd, CLONE_NEWNET) != 0:
-            code = ctypes.get_errno()
-            raise OSError(code, f"setns({name}): {os.strerror(code)}")
-    finally:
-        os.close(fd)
-
-
 def raise_fd_limit(needed: int) -> int:
     """Make room for ``needed`` open files in this process (RLIMIT_NOFILE); returns the soft limit now.
 
@@ -184,9 +164,7 @@ class Proxy:
         self.record = record
         self.max_connections = max_connections
         self._listener: socket.socket | None = None
-        self._thread: threading.Thread | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._stop: asyncio.Future[None] | None = None
+        self.netns_loop = NetnsLoop(netns, "l7-proxy")
         self._closed = False
         self._tasks: set[asyncio.Task[None]] = set()
         self._watchdog: Watchdog | None = None
@@ -206,56 +184,27 @@ class Proxy:
         if self.fd_limit != resource.RLIM_INFINITY and self.fd_limit < needed:
             # fewer descriptors than planned: serve fewer connections rather than fail accept() later
             self.max_connections = max(1, (self.fd_limit - FD_HEADROOM) // 2)
-        ready = threading.Event()
-        failure: list[BaseException] = []
+        def bind() -> None:
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.setsockopt(socket.SOL_IP, IP_TRANSPARENT, 1)
+            sock.bind((PROXY_ADDRESS, self.port))
+            sock.listen(LISTEN_BACKLOG)
+            sock.setblocking(False)
+            self._listener = sock
 
-        def run() -> None:
-            try:
-                enter_netns_for_good(self.netns)
-                self.netns_inode = netns_inode("/proc/thread-self/ns/net")
-                if self.netns_inode != netns_inode(f"/run/netns/{self.netns}"):
-                    raise WorkbenchError(f"the proxy thread is not in {self.netns}")
-                sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-                sock.setsockopt(socket.SOL_IP, IP_TRANSPARENT, 1)
-                sock.bind((PROXY_ADDRESS, self.port))
-                sock.listen(LISTEN_BACKLOG)
-                sock.setblocking(False)
-                loop = asyncio.new_event_loop()
-                self._listener, self._loop, self._stop = sock, loop, loop.create_future()
-            except BaseException as err:
-                failure.append(err)
-                ready.set()
-                return
-            ready.set()
-            try:
-                loop.run_until_complete(self._main(sock))
-            finally:
-                loop.close()
+        self.netns_loop.start(bind, lambda: self._main(self._require_listener()),
+                               f"the L7 proxy cannot listen on {PROXY_ADDRESS}:{self.port} in {self.netns}")
+        self.netns_inode = self.netns_loop.inode
 
-        self._thread = threading.Thread(target=run, name="l7-proxy", daemon=True)
-        self._thread.start()
-        ready.wait(10)
-        if failure:
-            raise WorkbenchError(f"the L7 proxy cannot listen on {PROXY_ADDRESS}:{self.port} in {self.netns}: "
-                                 f"{failure[0]}")
+    def _require_listener(self) -> socket.socket:
+        assert self._listener is not None
+        return self._listener
 
     def close(self) -> None:
         """Stop listening and close every connection (their requests end where they are)."""
         self._closed = True
-        loop, stop = self._loop, self._stop
-        if loop is not None and stop is not None:
-
-            def stop_serving() -> None:
-                if not stop.done():
-                    stop.set_result(None)
-
-            try:
-                loop.call_soon_threadsafe(stop_serving)
-            except RuntimeError:
-                pass  # the loop has already ended
-        if self._thread is not None:
-            self._thread.join(timeout=3)
+        self.netns_loop.stop()
 
     def status(self) -> dict[str, Any]:
         """Counters for ``l7.status``: connections now and since the start, refusals and timeouts by kind."""
@@ -268,12 +217,13 @@ class Proxy:
 
     # -- the loop ----------------------------------------------------------------------------
     async def _main(self, sock: socket.socket) -> None:
-        assert self._stop is not None
+        stopped = self.netns_loop.stopped
+        assert stopped is not None
         loop = asyncio.get_running_loop()
         self._watchdog = Watchdog(loop, self.timeouts)
         loop.add_reader(sock.fileno(), self._accept, sock)
         try:
-            await self._stop
+            await stopped
         finally:
             self._watchdog.close()
             loop.remove_reader(sock.fileno())
@@ -306,7 +256,7 @@ class Proxy:
             task.add_done_callback(self._tasks.discard)
 
     def _resume_accepting(self, sock: socket.socket) -> None:
-        if self._stop is not None and not self._stop.done():
+        if self.netns_loop.running:
             asyncio.get_running_loop().add_reader(sock.fileno(), self._accept, sock)
 
     async def _serve(self, conn: socket.socket, peer: tuple[str, int]) -> None:
@@ -521,7 +471,7 @@ class _Connection:
             return self.up
         self._close_upstream()
         # Safety: never dial a lab address from the machine's own netns.
-        if netns_inode("/proc/thread-self/ns/net") != self.proxy.netns_inode:
+        if not self.proxy.netns_loop.in_netns():
             raise OSError(f"the proxy's loop thread is not in {self.proxy.netns}")
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         try:

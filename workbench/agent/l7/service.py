@@ -18,7 +18,6 @@
 from __future__ import annotations
 
 import errno
-import threading
 from collections import Counter
 from collections.abc import Callable
 from typing import Any
@@ -26,15 +25,15 @@ from typing import Any
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
+from workbench.agent.addresses import PodAddresses
 from workbench.agent.context import LabContext
 from workbench.agent.flows import FlowService
 from workbench.agent.l7.attribution import Attributor
 from workbench.agent.l7.flows import FlowRecorder
 from workbench.agent.l7.proxy import Decision, Exchange, Proxy
 from workbench.agent.policy import PolicyService
-from workbench.datapath import build
 from workbench.datapath.loader import Datapath
-from workbench.lab.model import ID_WORLD, Endpoint
+from workbench.lab.model import Endpoint
 from workbench.node import netlink, topology
 from workbench.policy.compiler import DEFAULT_PROXY_PORT
 from workbench.policy.l7 import HttpRule, request_allowed
@@ -85,18 +84,17 @@ def attach_world_redirect(datapath: Datapath, node_netns: str) -> None:
                parent=TC_INGRESS, classid=1, direct_action=True, prio=WORLD_FILTER_PRIO)
 
 
-class L7Service:
+class L7Service(PodAddresses):
     """Proxy + redirect facts of one lab (one per agent)."""
 
     def __init__(self, ctx: LabContext, datapath: Datapath, policy: PolicyService, flows: FlowService,
                  port: int = DEFAULT_PROXY_PORT) -> None:
+        super().__init__(ctx.maps)
         self.ctx = ctx
         self.datapath = datapath
         self.policy = policy
         self.port = port
         self.verdicts: Counter[str] = Counter()
-        self._lock = threading.Lock()
-        self._by_ip: dict[str, Endpoint] = {}
         # (ep, direction, identity, port) -> rules of the compiled policy in _cached_for (a new compile is a
         # new object, which empties the cache)
         self._rules_cache: dict[tuple[int, str, int, int], tuple[HttpRule, ...] | None] = {}
@@ -112,27 +110,11 @@ class L7Service:
         self.proxy.start()
         datapath.enable_l7_proxy()   # only now: a redirect before the proxy listens would be dropped
 
-    # -- endpoint observer: who is behind a pod address, for the proxy's decisions ----------
-    def attach_endpoint(self, ep: Endpoint) -> None:
-        with self._lock:
-            self._by_ip[ep.ipv4] = ep
-
-    def detach_endpoint(self, ep: Endpoint) -> None:
-        with self._lock:
-            self._by_ip.pop(ep.ipv4, None)
-
     def close(self) -> None:
         self.proxy.close()
         self.recorder.close()
 
     # -- the proxy's questions -------------------------------------------------------------
-    def _identity(self, ip: str) -> int:
-        ep = self._by_ip.get(ip)
-        if ep is not None:
-            return ep.identity
-        found = build.ipcache_lookup(self.ctx.maps, ip)
-        return ID_WORLD if found is None else found
-
     def _rules(self, ep: Endpoint | None, direction: str, identity: int, port: int) -> tuple[HttpRule, ...] | None:
         if ep is None:
             return None
@@ -147,9 +129,9 @@ class L7Service:
     def decide(self, client: tuple[str, int], server: tuple[str, int], method: str, path: str,
                headers: dict[str, str]) -> Decision:
         """Ingress rules of the server pod and egress rules of the client pod must both allow."""
-        src_id, dst_id = self._identity(client[0]), self._identity(server[0])
+        src_id, dst_id = self.identity_of(client[0]), self.identity_of(server[0])
         allowed, direction = True, "INGRESS"
-        server_ep, client_ep = self._by_ip.get(server[0]), self._by_ip.get(client[0])
+        server_ep, client_ep = self.endpoint_at(server[0]), self.endpoint_at(client[0])
         ingress = self._rules(server_ep, "ingress", src_id, server[1])
         egress = self._rules(client_ep, "egress", dst_id, server[1])
         if ingress is not None:
