@@ -241,16 +241,26 @@ class DnsService(PodAddresses, Resolver):
             return
         now = time.time()
         with self._lock:
-            new: list[str] = []
             for name, answers in learned:
-                new += self.cache.learn(name, answers, now)
+                self.cache.learn(name, answers, now)
             self._dirty = True
-            selectors = self.policy.compiled.fqdn_selectors
-            wanted = [ip for ip in new if any(s.matches(n) for s in selectors for n in self.cache.names_of(ip))]
+            answered = {ip for _, answers in learned for ip, _ in answers}
+            stale = [ip for ip in answered if self._labels_now(ip) != self._labels_in_force(ip)]
         self.flows.add_names({ip: (name,) for name, answers in learned for ip, _ in answers})
-        if wanted:
+        if stale:
             # compile + write the new policy off the proxy's loop; the answer waits for it
             await asyncio.get_running_loop().run_in_executor(None, self.policy.refresh)
+
+    def _labels_now(self, ip: str) -> tuple[str, ...]:
+        """The fqdn identity labels ``ip`` should have under the policy in force (empty: none selects it)."""
+        matching = [s for s in self.policy.compiled.fqdn_selectors
+                    if any(s.matches(n) for n in self.cache.names_of(ip))]
+        return fqdn_identity_labels(ip, matching) if matching else ()
+
+    def _labels_in_force(self, ip: str) -> tuple[str, ...]:
+        """The labels of the identity the ipcache gives ``ip`` now (empty: none)."""
+        number = self._selected.get(ip)
+        return self._identities.get(number, ()) if number is not None else ()
 
     def record(self, query: Query) -> None:
         self.recorder.put(to_exchange(query))
