@@ -139,14 +139,7 @@ class CompiledPolicy:
         """
         found: list[FqdnSelector] = []
         restricted = False
-        for entry in self.entries:
-            if (entry.ep_id, entry.direction) != (ep_id, direction) or entry.deny:
-                continue
-            if entry.identity not in (identity, ID_ANY) or entry.protocol not in (0, protocol):
-                continue
-            if entry.protocol and entry.port_prefix and (port >> (PORT_BITS - entry.port_prefix)) != \
-                    (entry.port >> (PORT_BITS - entry.port_prefix)):
-                continue
+        for entry in self.allow_entries(ep_id, direction, identity, protocol, port):
             rules = self.dns.get(entry_key(entry))
             if rules is None:
                 found.append(ALLOW_ALL_NAMES)
@@ -165,20 +158,25 @@ class CompiledPolicy:
         """
         found: list[HttpRule] = []
         restricted = False
-        for entry in self.entries:
-            if (entry.ep_id, entry.direction) != (ep_id, direction) or entry.deny:
-                continue
-            if entry.identity not in (identity, ID_ANY) or entry.protocol not in (0, 6):
-                continue
-            if entry.protocol == 6 and (port >> (PORT_BITS - entry.port_prefix)) != \
-                    (entry.port >> (PORT_BITS - entry.port_prefix)):
-                continue
+        for entry in self.allow_entries(ep_id, direction, identity, abi.IPPROTO_TCP, port):
             rules = self.l7.get(entry_key(entry))
             if rules is None:
                 return None  # an L3/L4 allow for this peer and port: every request passes
             restricted = True
             found.extend(rules)
         return tuple(dict.fromkeys(found)) if restricted else None
+
+    def allow_entries(self, ep_id: int, direction: Direction, identity: int, protocol: int,
+                      port: int) -> list[PolicyEntry]:
+        """The allow entries a new connection of ``ep_id`` with ``identity`` on ``protocol``/``port`` meets in
+        the datapath's two lookups (the peer's identity and any peer), whatever their prefix length."""
+        def port_in(entry: PolicyEntry) -> bool:
+            shift = PORT_BITS - entry.port_prefix
+            return not entry.protocol or (port >> shift) == (entry.port >> shift)
+
+        return [e for e in self.entries
+                if (e.ep_id, e.direction) == (ep_id, direction) and not e.deny
+                and e.identity in (identity, ID_ANY) and e.protocol in (0, protocol) and port_in(e)]
 
     def entries_for(self, ep_id: int, direction: Direction | None = None) -> list[PolicyEntry]:
         return [e for e in self.entries if e.ep_id == ep_id and direction in (None, e.direction)]

@@ -48,10 +48,6 @@ class ReplayModeError(WorkbenchError):
         super().__init__(f"{NEEDS_A_NODE}: {what}")
 
 
-def _same(a: Any, b: Any) -> bool:
-    return a == b
-
-
 @dataclass
 class Replayer:
     """Serves one process's replayed labs from a recording."""
@@ -91,7 +87,7 @@ class Replayer:
             entry = entries[i]
             if i in self.taken:
                 continue
-            if entry.get("kind") == kind and all(_same(entry.get(k), v) for k, v in key.items()):
+            if entry.get("kind") == kind and all(entry.get(k) == v for k, v in key.items()):
                 if advance:
                     self.cursor = i + 1
                 else:
@@ -103,7 +99,7 @@ class Replayer:
         """The latest matching entry in the whole recording (views outside a tutorial's sequence)."""
         found = None
         for tutorial, entry in self.recording.entries():
-            if entry.get("kind") == kind and all(_same(entry.get(k), v) for k, v in key.items()):
+            if entry.get("kind") == kind and all(entry.get(k) == v for k, v in key.items()):
                 found = (tutorial, entry)
         return found
 

@@ -50,6 +50,8 @@ class FqdnCache:
         self.min_ttl = min_ttl
         self.max_records = max_records
         self._records: dict[tuple[str, str], FqdnRecord] = {}
+        # address -> names: what a DNS answer and every flow batch ask, without a scan of all records
+        self._names: dict[str, set[str]] = {}
         self.evicted = 0
 
     def __len__(self) -> int:
@@ -58,46 +60,54 @@ class FqdnCache:
     def learn(self, name: str, answers: Iterable[tuple[str, int]], now: float) -> list[str]:
         """Add or refresh ``name`` -> each (ip, ttl); returns the addresses that were not known before."""
         name = normal_name(name)
-        known = self.addresses()
         new: list[str] = []
         for ip, ttl in answers:
             kept = max(int(ttl), self.min_ttl)
             record = self._records.get((name, ip))
             expires = now + kept
-            if record is None or record.expires < expires:
-                self._records[(name, ip)] = FqdnRecord(name, ip, kept, expires)
-            if ip not in known and ip not in new:
+            if ip not in self._names and ip not in new:
                 new.append(ip)
+            if record is None or record.expires < expires:
+                self._add(FqdnRecord(name, ip, kept, expires))
         self._bound()
         return new
+
+    def _add(self, record: FqdnRecord) -> None:
+        self._records[(record.name, record.ip)] = record
+        self._names.setdefault(record.ip, set()).add(record.name)
+
+    def _remove(self, key: tuple[str, str]) -> None:
+        name, ip = key
+        del self._records[key]
+        names = self._names[ip]
+        names.discard(name)
+        if not names:
+            del self._names[ip]
 
     def _bound(self) -> None:
         if len(self._records) <= self.max_records:
             return
         by_expiry = sorted(self._records.values(), key=lambda r: r.expires)
         for record in by_expiry[:len(self._records) - self.max_records]:
-            del self._records[(record.name, record.ip)]
+            self._remove((record.name, record.ip))
             self.evicted += 1
 
     def expire(self, now: float) -> list[str]:
         """Drop the records past their expiry; returns the addresses that no record names any more."""
         before = self.addresses()
         for key in [k for k, r in self._records.items() if r.expires <= now]:
-            del self._records[key]
+            self._remove(key)
         return sorted(before - self.addresses())
 
     def addresses(self) -> set[str]:
-        return {ip for _, ip in self._records}
+        return set(self._names)
 
     def names_of(self, ip: str) -> tuple[str, ...]:
         """The names that resolve to ``ip`` now, sorted."""
-        return tuple(sorted({name for name, addr in self._records if addr == ip}))
+        return tuple(sorted(self._names.get(ip, ())))
 
     def names_by_ip(self) -> dict[str, tuple[str, ...]]:
-        out: dict[str, set[str]] = {}
-        for name, ip in self._records:
-            out.setdefault(ip, set()).add(name)
-        return {ip: tuple(sorted(names)) for ip, names in out.items()}
+        return {ip: tuple(sorted(names)) for ip, names in self._names.items()}
 
     def records(self) -> list[FqdnRecord]:
         return sorted(self._records.values(), key=lambda r: (r.name, r.ip))
@@ -110,4 +120,4 @@ class FqdnCache:
         for row in rows:
             record = FqdnRecord(**row)
             if record.expires > now:
-                self._records[(record.name, record.ip)] = record
+                self._add(record)

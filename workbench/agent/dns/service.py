@@ -48,7 +48,7 @@ from workbench.agent.flows import FlowService
 from workbench.agent.l7.flows import FlowRecorder
 from workbench.agent.policy import PolicyService
 from workbench.datapath import abi, build
-from workbench.lab.model import Identity, PolicyEntry
+from workbench.lab.model import Identity
 from workbench.node import topology
 from workbench.policy.compiler import DEFAULT_DNS_PROXY_PORT, CompiledPolicy
 from workbench.policy.fqdn import FqdnSelector, fqdn_identity_labels, names_allowed
@@ -75,20 +75,8 @@ def fqdn_selectors_of(documents: list[PolicyDocument]) -> list[FqdnSelector]:
 def deciding_policies(compiled: CompiledPolicy, ep_id: int, identity: int, protocol: int,
                       port: int) -> tuple[str, ...]:
     """The policies of the egress allow entries that admit (identity, protocol, port) for ``ep_id``."""
-    names: set[str] = set()
-    for entry in compiled.entries_for(ep_id, "egress"):
-        if not entry.deny and _entry_matches(entry, identity, protocol, port):
-            names.update(entry.rules)
-    return tuple(sorted(names))
-
-
-def _entry_matches(entry: PolicyEntry, identity: int, protocol: int, port: int) -> bool:
-    if entry.identity not in (0, identity) or entry.protocol not in (0, protocol):
-        return False
-    if entry.protocol == 0 or entry.port_prefix == 0:
-        return True
-    shift = 16 - entry.port_prefix
-    return (entry.port >> shift) == (port >> shift)
+    entries = compiled.allow_entries(ep_id, "egress", identity, protocol, port)
+    return tuple(sorted({name for entry in entries for name in entry.rules}))
 
 
 class DnsService(PodAddresses, Resolver):
