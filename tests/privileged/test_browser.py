@@ -83,6 +83,11 @@ def run_all_cells(page) -> None:
     from playwright.sync_api import TimeoutError as PlaywrightTimeout
 
     for _attempt in range(3):
+        # JupyterLab asks which kernel to start when the notebook's session is not up yet; the preferred one
+        # (the notebook's own, eBPF Workbench) is what a person would pick: Escape does not close that dialog
+        select = page.get_by_role("button", name="Select", exact=True)
+        if select.is_visible():
+            select.click()
         page.keyboard.press("Escape")   # close a menu or dialog left open
         page.get_by_role("menuitem", name="Run", exact=True).click()
         page.get_by_role("menuitem", name="Run All Cells", exact=True).click()
